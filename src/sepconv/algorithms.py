@@ -1,0 +1,358 @@
+"""The registry of depthwise convolution algorithms and the ``"auto"`` tuner.
+
+Each :class:`Algorithm` declares what it can serve (kernel size, stride, dilation, dtype,
+device, training) and its error bound; :func:`resolve` turns an algorithm name into the
+algorithm that runs a call, and never falls back silently: a named algorithm that cannot
+serve a call is an error that says why.
+
+``"auto"`` times every eligible algorithm once on the real shape, dtype, layout and thread
+count (forward, or forward+backward when gradients are needed), checks each output against
+``reference``, keeps the fastest and caches the plan on disk, keyed by machine and versions.
+``explain(...)`` shows the candidates, their times and the choice.
+
+Example:
+    >>> from sepconv import algorithms
+    >>> [a.name for a in algorithms.list_algorithms()][:2]
+    ['reference', 'direct']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import __version__
+from ._validation import choice
+from .functional import direct as _direct
+from .functional import winograd as _winograd
+from .spec import ConvSpec
+
+FLOATS = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One way to compute a depthwise convolution.
+
+    ``run(x, weight, bias, spec) -> y`` with x (N, C, H, W), weight (C*m, 1, kh, kw) and
+    y (N, C*m, out_h, out_w) in x's memory format. ``None`` in a capability field means "any".
+    ``error_eps`` bounds the error against a float64 computation on the same (rounded) inputs,
+    in units of the dtype's machine epsilon, normwise per output channel (see
+    :func:`error_scale`): ``|y - y64| <= error_eps * eps(dtype) * error_scale``. Tests
+    enforce it; docs/algorithms.md lists the measured values behind each bound.
+    """
+
+    name: str
+    summary: str
+    run: Callable
+    kernel_sizes: frozenset | None = None
+    strides: frozenset | None = None
+    dilations: frozenset | None = None
+    dtypes: frozenset = FLOATS
+    devices: frozenset | None = None
+    layouts: frozenset | None = None
+    differentiable: bool = True
+    available: Callable[[], bool] = lambda: True
+    unavailable_reason: Callable[[], str] = lambda: ""
+    error_eps: float = 4.0
+
+    def tolerance(self, dtype: torch.dtype) -> float:
+        return self.error_eps * torch.finfo(dtype).eps
+
+    def why_not(self, spec: ConvSpec) -> str | None:
+        """None when this algorithm can serve `spec`, else the rule it breaks and the value."""
+        if not self.available():
+            return f"it is not available on this machine ({self.unavailable_reason()})."
+        checks = (
+            ("kernel_size", self.kernel_sizes, spec.kernel_size),
+            ("stride", self.strides, spec.stride),
+            ("dilation", self.dilations, spec.dilation),
+        )
+        for name, allowed, got in checks:
+            if allowed is not None and got not in allowed:
+                return f"`{name}` must be one of {sorted(allowed)}. Received: {name}={got}."
+        if spec.dtype not in self.dtypes:
+            names = sorted(str(d).replace("torch.", "") for d in self.dtypes)
+            return f"dtype must be one of {names}. Received: dtype={spec.dtype}."
+        if self.devices is not None and spec.device not in self.devices:
+            return f"device must be one of {sorted(self.devices)}. Received: device={spec.device!r}."
+        if self.layouts is not None and spec.layout not in self.layouts:
+            return f"layout must be one of {sorted(self.layouts)}. Received: layout={spec.layout!r}."
+        if spec.requires_grad and not self.differentiable:
+            return "it is inference-only, and this call needs gradients. Received: requires_grad=True."
+        return None
+
+
+_REGISTRY: dict[str, Algorithm] = {}
+
+
+def register(algorithm: Algorithm) -> Algorithm:
+    if algorithm.name in _REGISTRY or algorithm.name == "auto":
+        raise ValueError(f"register: algorithm name {algorithm.name!r} is taken.")
+    _REGISTRY[algorithm.name] = algorithm
+    return algorithm
+
+
+def list_algorithms(spec: ConvSpec | None = None) -> list[Algorithm]:
+    """All registered algorithms, or those that can serve `spec`."""
+    algos = list(_REGISTRY.values())
+    return algos if spec is None else [a for a in algos if a.why_not(spec) is None]
+
+
+def get_algorithm(name: str, owner: str = "get_algorithm") -> Algorithm:
+    choice(owner, "algorithm", name, list(_REGISTRY))
+    return _REGISTRY[name]
+
+
+def check_name(owner: str, name) -> str:
+    """Validate an algorithm name at construction time (layers), before any call."""
+    return choice(owner, "algorithm", name, ["auto", *_REGISTRY])
+
+
+def error_scale(x, weight, bias) -> torch.Tensor:
+    """Per-output-channel scale of a depthwise output, shape (1, C*m, 1, 1), float64:
+    max |x| over the input channel times sum |w| over the taps, plus |b|. Error bounds are
+    normwise against it, because a Winograd output mixes a whole tile of inputs."""
+    m = weight.shape[0] // x.shape[1]
+    xmax = x.detach().double().abs().amax(dim=(0, 2, 3)) if x.numel() else x.new_zeros(x.shape[1]).double()
+    scale = xmax.repeat_interleave(m) * weight.detach().double().abs().sum(dim=(1, 2, 3))
+    if bias is not None:
+        scale = scale + bias.detach().double().abs()
+    return scale.view(1, -1, 1, 1)
+
+
+def _tracing(x: torch.Tensor) -> bool:
+    """True while a graph is being captured: timing must not happen, and exporters need
+    standard ops, so "auto" then means "reference"."""
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+            or torch.onnx.is_in_onnx_export() or isinstance(x, torch.fx.Proxy))
+
+
+def resolve(name: str, spec: ConvSpec, owner: str, x: torch.Tensor | None = None) -> Algorithm:
+    """The algorithm that runs `spec`: the named one if it can, else a ValueError saying why."""
+    if name == "auto":
+        if x is not None and _tracing(x):
+            return _REGISTRY["reference"]
+        return _REGISTRY[tuner.plan(spec).choice]
+    algo = get_algorithm(name, owner)
+    reason = algo.why_not(spec)
+    if reason is not None:
+        raise ValueError(f"{owner}: algorithm {name!r} cannot serve this call: {reason}")
+    return algo
+
+
+# ----------------------------------------------------------------------------- auto tuner
+
+@dataclass
+class Plan:
+    """The tuner's decision for one spec: median seconds per candidate, rejected ones and why."""
+
+    key: str
+    choice: str
+    times: dict[str, float]
+    rejected: dict[str, str]
+    mode: str
+    threads: int
+    cached: bool = False
+
+    def __str__(self) -> str:
+        lines = [f"spec   {self.key}", f"mode   {self.mode} (median seconds, {self.threads} threads)"
+                 + ("  [from cache]" if self.cached else "")]
+        best = min(self.times.values()) if self.times else None
+        for name, t in sorted(self.times.items(), key=lambda kv: kv[1]):
+            mark = "<- chosen" if name == self.choice else ""
+            lines.append(f"  {name:<16} {t * 1e3:10.4f} ms  x{t / best:5.2f}  {mark}")
+        for name, why in self.rejected.items():
+            lines.append(f"  {name:<16} not eligible: {why}")
+        return "\n".join(lines)
+
+
+def machine_fingerprint() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}|{os.cpu_count()}cpu|torch {torch.__version__}|sepconv {__version__}"
+            f"|{torch.backends.cpu.get_cpu_capability()}")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SEPCONV_CACHE_DIR", Path.home() / ".cache" / "sepconv"))
+
+
+def _median_time(fn, min_runs=5, max_runs=50, budget=0.25) -> float:
+    fn()  # warm-up: first-call allocations and kernel compilation
+    times, start = [], time.perf_counter()
+    while len(times) < min_runs or (len(times) < max_runs and time.perf_counter() - start < budget):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def random_inputs(spec: ConvSpec, generator_seed: int = 0):
+    """Inputs of `spec`'s shape, dtype, device and layout (for timing and checks)."""
+    g = torch.Generator().manual_seed(generator_seed)
+    x = torch.randn(spec.batch, spec.channels, spec.height, spec.width, generator=g)
+    w = torch.randn(spec.out_channels, 1, *spec.kernel_size, generator=g) / spec.kernel_size[0]
+    b = torch.randn(spec.out_channels, generator=g) if spec.has_bias else None
+    if spec.layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    cast = lambda t: None if t is None else t.to(device=spec.device, dtype=spec.dtype)
+    return cast(x), cast(w), cast(b)
+
+
+class Tuner:
+    """Times eligible algorithms per spec; plans are kept in memory and in one JSON file."""
+
+    def __init__(self):
+        self._plans: dict[str, Plan] = {}
+        self._disk: dict | None = None
+
+    @property
+    def path(self) -> Path:
+        return cache_dir() / "plans.json"
+
+    def _load(self) -> dict:
+        if self._disk is None:
+            try:
+                self._disk = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self._disk = {}
+        return self._disk
+
+    def _save(self, key: str, plan: Plan) -> None:
+        disk = self._load()
+        disk.setdefault(machine_fingerprint(), {})[key] = {
+            "choice": plan.choice, "times": plan.times, "rejected": plan.rejected,
+            "mode": plan.mode, "threads": plan.threads}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(disk, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)  # atomic: a reader never sees half a file
+        except OSError:
+            pass  # a read-only home only costs re-tuning in the next process
+
+    def clear(self, disk: bool = False) -> None:
+        self._plans.clear()
+        self._disk = None
+        if disk and self.path.exists():
+            self.path.unlink()
+
+    def plan(self, spec: ConvSpec, retune: bool = False) -> Plan:
+        key = f"{spec.key()}-t{torch.get_num_threads()}"
+        if not retune:
+            if key in self._plans:
+                return self._plans[key]
+            stored = self._load().get(machine_fingerprint(), {}).get(key)
+            if stored and stored["choice"] in _REGISTRY and _REGISTRY[stored["choice"]].why_not(spec) is None:
+                plan = Plan(key=key, cached=True, **stored)
+                self._plans[key] = plan
+                return plan
+        plan = self._measure(spec, key)
+        self._plans[key] = plan
+        self._save(key, plan)
+        return plan
+
+    def _measure(self, spec: ConvSpec, key: str) -> Plan:
+        rejected = {a.name: a.why_not(spec) for a in _REGISTRY.values() if a.why_not(spec)}
+        candidates = [a for a in _REGISTRY.values() if a.name not in rejected]
+        train = spec.requires_grad
+        x, w, b = random_inputs(spec)
+        with torch.no_grad():
+            expected = _REGISTRY["reference"].run(x.double(), w.double(),
+                                                  None if b is None else b.double(), spec)
+            scale = error_scale(x, w, b)
+        times = {}
+        for algo in candidates:
+            with torch.no_grad():
+                y = algo.run(x, w, b, spec)
+            excess = (y.double() - expected).abs() - algo.tolerance(spec.dtype) * scale
+            if y.numel() and excess.max().item() > 0:
+                rejected[algo.name] = "output outside its error bound on this shape"
+                continue
+            if train:
+                xs, ws = x.detach().requires_grad_(), w.detach().requires_grad_()
+                bs = None if b is None else b.detach().requires_grad_()
+                grad = torch.ones_like(y)
+
+                def step(algo=algo, xs=xs, ws=ws, bs=bs, grad=grad):
+                    algo.run(xs, ws, bs, spec).backward(grad)
+                times[algo.name] = _median_time(step)
+            else:
+                with torch.no_grad():
+                    times[algo.name] = _median_time(lambda algo=algo: algo.run(x, w, b, spec))
+        best = min(times, key=times.get)
+        return Plan(key=key, choice=best, times=times, rejected=rejected,
+                    mode="forward+backward" if train else "forward", threads=torch.get_num_threads())
+
+
+tuner = Tuner()
+
+
+def explain(input_shape, kernel_size=3, stride=1, padding=0, dilation=1, depth_multiplier=1,
+            dtype=torch.float32, channels_last=True, training=False, bias=False,
+            retune=False) -> Plan:
+    """Tune (or read the cached plan for) one depthwise shape and return the :class:`Plan`;
+    ``print(plan)`` shows candidates, median times and the choice.
+
+    Args:
+        input_shape: (N, C, H, W).
+
+    Example:
+        >>> print(explain((1, 32, 112, 112), stride=1, padding=1))  # doctest: +SKIP
+    """
+    from ._validation import pair
+    from .spec import depthwise_spec
+
+    n, c, h, w = input_shape
+    kh, kw = pair("explain", "kernel_size", kernel_size, minimum=1)
+    x = torch.empty(n, c, h, w, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.empty(c * depth_multiplier, 1, kh, kw, dtype=dtype, requires_grad=training)
+    b = torch.empty(c * depth_multiplier, dtype=dtype) if bias else None
+    with torch.enable_grad():
+        spec = depthwise_spec("explain", x, weight, b, stride, padding, dilation)
+    return tuner.plan(spec, retune=retune)
+
+
+# ----------------------------------------------------------------------------- built-ins
+
+_NOT_WINOGRAD = dict(kernel_sizes=frozenset({(3, 3)}), strides=frozenset({(1, 1)}),
+                     dilations=frozenset({(1, 1)}))
+
+# error_eps: measured maximum normwise error in eps units (tests/test_numerics.py, random
+# shapes, all dtypes) times about 2.5, rounded up; docs/algorithms.md has the measurements.
+# Low-precision inputs run Winograd transforms in float32, so their bound is the output
+# rounding, as for direct.
+register(Algorithm(
+    "reference", "F.conv2d with groups=C (PyTorch/oneDNN)", _direct.reference, error_eps=2))
+register(Algorithm(
+    "direct", "sum of kh*kw shifted views, PyTorch, any device", _direct.direct, error_eps=2))
+register(Algorithm(
+    "winograd_f2x2", "2-D Winograd F(2x2,3x3), PyTorch, any device",
+    lambda x, w, b, s: _winograd.depthwise_winograd_2d(x, w, b, s, 2), **_NOT_WINOGRAD,
+    error_eps=3))
+register(Algorithm(
+    "winograd_f4x4", "2-D Winograd F(4x4,3x3), PyTorch, any device",
+    lambda x, w, b, s: _winograd.depthwise_winograd_2d(x, w, b, s, 4), **_NOT_WINOGRAD,
+    error_eps=24))
+register(Algorithm(
+    "winograd_rows", "row-wise 1-D F(2,3) with cached transformed rows (MNN), PyTorch",
+    _winograd.depthwise_winograd_rows, **_NOT_WINOGRAD, error_eps=2))
