@@ -34,6 +34,8 @@ from . import __version__
 from ._validation import choice
 from .functional import direct as _direct
 from .functional import winograd as _winograd
+from . import kernels as _kernels
+from .kernels import depthwise as _native_dw
 from .spec import ConvSpec
 
 FLOATS = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
@@ -60,6 +62,7 @@ class Algorithm:
     dtypes: frozenset = FLOATS
     devices: frozenset | None = None
     layouts: frozenset | None = None
+    depth_multipliers: frozenset | None = None
     differentiable: bool = True
     available: Callable[[], bool] = lambda: True
     unavailable_reason: Callable[[], str] = lambda: ""
@@ -76,6 +79,7 @@ class Algorithm:
             ("kernel_size", self.kernel_sizes, spec.kernel_size),
             ("stride", self.strides, spec.stride),
             ("dilation", self.dilations, spec.dilation),
+            ("depth_multiplier", self.depth_multipliers, spec.depth_multiplier),
         )
         for name, allowed, got in checks:
             if allowed is not None and got not in allowed:
@@ -134,7 +138,7 @@ def _tracing(x: torch.Tensor) -> bool:
     """True while a graph is being captured: timing must not happen, and exporters need
     standard ops, so "auto" then means "reference"."""
     return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or torch.onnx.is_in_onnx_export() or isinstance(x, torch.fx.Proxy))
+            or isinstance(x, torch.fx.Proxy))
 
 
 def resolve(name: str, spec: ConvSpec, owner: str, x: torch.Tensor | None = None) -> Algorithm:
@@ -185,8 +189,9 @@ def machine_fingerprint() -> str:
                 break
     except OSError:
         pass
+    # The algorithm set is part of the key: a plan made without a newer algorithm is stale.
     return (f"{cpu}|{os.cpu_count()}cpu|torch {torch.__version__}|sepconv {__version__}"
-            f"|{torch.backends.cpu.get_cpu_capability()}")
+            f"|{torch.backends.cpu.get_cpu_capability()}|{','.join(sorted(_REGISTRY))}")
 
 
 def cache_dir() -> Path:
@@ -249,6 +254,9 @@ class Tuner:
             pass  # a read-only home only costs re-tuning in the next process
 
     def clear(self, disk: bool = False) -> None:
+        from .functional.depthwise import _DISPATCH
+
+        _DISPATCH.clear()
         self._plans.clear()
         self._disk = None
         if disk and self.path.exists():
@@ -356,3 +364,8 @@ register(Algorithm(
 register(Algorithm(
     "winograd_rows", "row-wise 1-D F(2,3) with cached transformed rows (MNN), PyTorch",
     _winograd.depthwise_winograd_rows, **_NOT_WINOGRAD, error_eps=2))
+register(Algorithm(
+    "native", "C++ NHWC direct kernel (AVX-512/AVX2 via -march=native), fwd+bwd, CPU",
+    _native_dw.run, dtypes=frozenset({torch.float32, torch.bfloat16}), devices=frozenset({"cpu"}),
+    depth_multipliers=frozenset({1}), available=lambda: _kernels.is_available("depthwise"),
+    unavailable_reason=lambda: _kernels.unavailable_reason("depthwise"), error_eps=2))

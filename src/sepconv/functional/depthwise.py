@@ -32,6 +32,11 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, algo
         True
     """
     owner = "depthwise_conv2d"
+    key = _dispatch_key(x, weight, bias, stride, padding, dilation, algorithm)
+    hit = _DISPATCH.get(key) if key is not None else None
+    if hit is not None:
+        spec, algo = hit
+        return algo.run(x, weight, bias, spec)
     tensor(owner, "input", x, (3, 4))
     if x.dim() == 3:
         return depthwise_conv2d(x.unsqueeze(0), weight, bias, stride, padding, dilation,
@@ -42,7 +47,32 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, algo
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         spec = depthwise_spec(owner, x, weight, bias, stride, padding, dilation)
     algo = algorithms.resolve(algorithm, spec, owner, x)
+    if key is not None:
+        if len(_DISPATCH) > 4096:
+            _DISPATCH.clear()
+        _DISPATCH[key] = (spec, algo)
     return algo.run(x, weight, bias, spec)
+
+
+# Validated calls: (spec, algorithm) by everything that determines them, so a repeated call
+# skips validation and plan lookup (about 20 us of Python per call, as long as a small
+# layer's whole run). Cleared with the tuner's plans.
+_DISPATCH: dict = {}
+
+
+def _dispatch_key(x, weight, bias, stride, padding, dilation, algorithm):
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)) or algorithms._tracing(x):
+        return None
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+    key = (algorithm, x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.dtype,
+           weight.device, None if bias is None else (bias.shape, bias.dtype, bias.device),
+           stride, padding, dilation, grad, torch.get_num_threads())
+    try:
+        hash(key)
+    except TypeError:  # list arguments: validate every time
+        return None
+    return key
 
 
 # fx symbolic tracing records the call as one node instead of tracing into shape checks.

@@ -1,0 +1,46 @@
+"""Interleaved timing: every candidate runs once per round, in the same process, on the same
+inputs, so drifting clocks and caches hit all of them alike; results are medians per
+candidate. Candidates far slower than the fastest are dropped after a few rounds (their
+medians so far are kept and marked) so a slow fallback cannot eat the time budget."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class Candidate:
+    name: str
+    fn: Callable[[], object]
+    times: list = field(default_factory=list)
+    dropped: bool = False
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def compare(candidates: list[Candidate], rounds: int = 25, warmup: int = 2,
+            drop_after: int = 3, drop_factor: float = 10.0, budget_s: float = 10.0) -> list[Candidate]:
+    """Time `candidates` in interleaved rounds; returns them with `.times` filled."""
+    for c in candidates:
+        for _ in range(warmup):
+            c.fn()
+    start = time.perf_counter()
+    for r in range(rounds):
+        for c in candidates:
+            if c.dropped:
+                continue
+            t0 = time.perf_counter()
+            c.fn()
+            c.times.append(time.perf_counter() - t0)
+        if r + 1 == drop_after:
+            best = min(c.median for c in candidates)
+            for c in candidates:
+                c.dropped = c.median > drop_factor * best
+        if time.perf_counter() - start > budget_s and r + 1 >= drop_after:
+            break
+    return candidates

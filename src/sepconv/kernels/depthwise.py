@@ -1,0 +1,46 @@
+"""Python side of the native NHWC depthwise kernel: layout handling and autograd."""
+
+from __future__ import annotations
+
+import torch
+
+from ..spec import ConvSpec
+from . import load
+
+
+class _DepthwiseNative(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, spec):
+        mod = load("depthwise")
+        y = mod.forward(x, weight, bias, spec.stride, spec.padding, spec.dilation, False)
+        ctx.save_for_backward(x, weight)
+        ctx.spec, ctx.has_bias = spec, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        spec, mod = ctx.spec, load("depthwise")
+        dy = dy.contiguous(memory_format=torch.channels_last)
+        args = (spec.stride, spec.padding, spec.dilation)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = mod.grad_input(dy, weight, list(x.shape), *args)
+        if ctx.needs_input_grad[1]:
+            dw = mod.grad_weight(x, dy, *spec.kernel_size, *args)
+            dw = dw.permute(2, 0, 1).unsqueeze(1).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum(dim=(0, 2, 3), dtype=torch.float32).to(dy.dtype)
+        return dx, dw, db, None
+
+
+def run(x, weight, bias, spec: ConvSpec, relu: bool = False):
+    """Depthwise convolution (depth multiplier 1) by the native kernel; output in x's format."""
+    xl = x.contiguous(memory_format=torch.channels_last)
+    if spec.requires_grad:
+        if relu:
+            raise ValueError("native depthwise: fused ReLU is inference-only.")
+        y = _DepthwiseNative.apply(xl, weight, bias, spec)
+    else:
+        y = load("depthwise").forward(xl, weight, bias, spec.stride, spec.padding, spec.dilation, relu)
+    return y if spec.layout == "nhwc" else y.contiguous()

@@ -1,0 +1,110 @@
+"""The native C++ kernel: forward, fused ReLU and both gradients against float64, over the
+shapes that select its different code paths (register blocks, borders, channel tails,
+pixel-major order for C >= 512, compile-time 3x3/5x5 against the generic loop)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.grad import conv2d_input, conv2d_weight
+
+from sepconv import algorithms, kernels
+from sepconv.functional import depthwise_conv2d
+from sepconv.kernels.depthwise import run as native_run
+from sepconv.spec import depthwise_spec
+
+pytestmark = pytest.mark.skipif(not kernels.is_available("depthwise"),
+                                reason=f"native kernel unavailable: {kernels.unavailable_reason('depthwise')}")
+
+NATIVE = algorithms.get_algorithm("native")
+
+# (N, C, H, W), kernel, stride, padding, dilation
+CASES = [
+    ((2, 16, 12, 20), (3, 3), 1, 1, 1),      # register blocks of 8 + borders
+    ((1, 33, 9, 11), (3, 3), 2, 1, 1),       # channel tail (33 = 2*16 + 1), stride 2
+    ((1, 7, 6, 5), (3, 3), 1, 0, 1),         # fewer than 16 channels, no padding
+    ((1, 520, 5, 6), (3, 3), 1, 1, 1),       # pixel-major path with a tail of 8 channels
+    ((2, 48, 10, 13), (5, 5), 1, 2, 1),      # compile-time 5x5
+    ((1, 32, 11, 10), (5, 5), 2, 2, 1),      # 5x5 stride 2
+    ((1, 20, 13, 12), (3, 3), 1, 2, 2),      # dilation: generic loop
+    ((1, 16, 9, 14), (7, 7), 1, 3, 1),       # 7x7: generic loop
+    ((1, 16, 8, 9), (1, 1), 1, 0, 1),        # 1x1
+    ((2, 24, 10, 9), (3, 5), (2, 1), (1, 2), (1, 2)),  # non-square everything
+    ((1, 64, 40, 40), (3, 3), 1, 1, 1),      # several threads' rows
+]
+
+
+def _data(shape, k, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(shape[1], 1, *k, generator=g).to(dtype)
+    b = torch.randn(shape[1], generator=g).to(dtype)
+    return x, w, b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}k{c[1]}s{c[2]}p{c[3]}d{c[4]}")
+def test_forward_and_relu(case, dtype):
+    shape, k, s, p, d = case
+    x, w, b = _data(shape, k, dtype)
+    want = F.conv2d(x.double(), w.double(), b.double(), s, p, d, groups=shape[1])
+    bound = NATIVE.tolerance(dtype) * algorithms.error_scale(x, w, b)
+    y = depthwise_conv2d(x, w, b, s, p, d, algorithm="native")
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == dtype
+    assert ((y.double() - want).abs() <= bound).all()
+    spec = depthwise_spec("t", x, w, b, s, p, d)
+    fused = native_run(x, w, b, spec, relu=True)
+    assert ((fused.double() - want.relu()).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}k{c[1]}s{c[2]}p{c[3]}d{c[4]}")
+def test_gradients(case):
+    shape, k, s, p, d = case
+    x, w, b = _data(shape, k, torch.float32, seed=1)
+    xs, ws, bs = (t.detach().requires_grad_() for t in (x, w, b))
+    y = depthwise_conv2d(xs, ws, bs, s, p, d, algorithm="native")
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2))
+    y.backward(dy)
+    c = shape[1]
+    x64, w64, dy64 = x.double(), w.double(), dy.double()
+    args = dict(stride=s, padding=p, dilation=d, groups=c)
+    want_dx = conv2d_input(x.shape, w64, dy64, **args)
+    want_dw = conv2d_weight(x64, w.shape, dy64, **args)
+    # Normwise bounds: eps times the number of accumulated terms (recursive summation),
+    # relative to the same gradient computed on absolute values.
+    eps = torch.finfo(torch.float32).eps
+    abs_dx = conv2d_input(x.shape, w64.abs(), dy64.abs(), **args)
+    abs_dw = conv2d_weight(x64.abs(), w.shape, dy64.abs(), **args)
+    terms_dx = k[0] * k[1]
+    terms_dw = y.shape[0] * y.shape[2] * y.shape[3]
+    assert ((xs.grad.double() - want_dx).abs() <= 2 * terms_dx * eps * abs_dx + 1e-30).all()
+    assert ((ws.grad.double() - want_dw).abs() <= 2 * terms_dw * eps * abs_dw + 1e-30).all()
+    torch.testing.assert_close(bs.grad.double(), dy64.sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+
+
+def test_nchw_input_gives_nchw_output():
+    x, w, b = _data((1, 16, 9, 9), (3, 3), torch.float32)
+    x = x.contiguous()
+    y = depthwise_conv2d(x, w, b, 1, 1, 1, algorithm="native")
+    assert y.is_contiguous()
+    torch.testing.assert_close(y, F.conv2d(x, w, b, 1, 1, 1, 16), rtol=1e-5, atol=1e-5)
+
+
+def test_refuses_what_it_does_not_serve():
+    x, w, _ = _data((1, 4, 6, 6), (3, 3), torch.float64)
+    with pytest.raises(ValueError, match=r"algorithm 'native' cannot serve this call: dtype must be one of"):
+        depthwise_conv2d(x, w, algorithm="native")
+    x, w, _ = _data((1, 4, 6, 6), (3, 3), torch.float32)
+    with pytest.raises(ValueError, match=r"`depth_multiplier` must be one of \[1\]. Received: depth_multiplier=2"):
+        depthwise_conv2d(x, torch.cat([w, w]), algorithm="native")
+
+
+def test_training_step_matches_reference():
+    torch.manual_seed(0)
+    x, w, b = _data((4, 32, 16, 16), (3, 3), torch.float32)
+    grads = {}
+    for name in ("native", "reference"):
+        ws = w.detach().requires_grad_()
+        loss = depthwise_conv2d(x, ws, b, 1, 1, 1, algorithm=name).square().mean()
+        loss.backward()
+        grads[name] = ws.grad
+    torch.testing.assert_close(grads["native"], grads["reference"], rtol=1e-4, atol=1e-5)
