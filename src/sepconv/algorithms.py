@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from .functional import direct as _direct
 from .functional import winograd as _winograd
 from . import kernels as _kernels
 from .kernels import depthwise as _native_dw
+from .bench.harness import Candidate, compare
 from .spec import ConvSpec
 
 FLOATS = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
@@ -189,23 +189,15 @@ def machine_fingerprint() -> str:
                 break
     except OSError:
         pass
-    # The algorithm set is part of the key: a plan made without a newer algorithm is stale.
+    # The algorithm set and the native sources are part of the key: a plan made without a
+    # newer algorithm, or with an older kernel, is stale.
     return (f"{cpu}|{os.cpu_count()}cpu|torch {torch.__version__}|sepconv {__version__}"
-            f"|{torch.backends.cpu.get_cpu_capability()}|{','.join(sorted(_REGISTRY))}")
+            f"|{torch.backends.cpu.get_cpu_capability()}|{','.join(sorted(_REGISTRY))}"
+            f"|depthwise.cpp {_kernels.source_digest('depthwise')}")
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("SEPCONV_CACHE_DIR", Path.home() / ".cache" / "sepconv"))
-
-
-def _median_time(fn, min_runs=5, max_runs=50, budget=0.25) -> float:
-    fn()  # warm-up: first-call allocations and kernel compilation
-    times, start = [], time.perf_counter()
-    while len(times) < min_runs or (len(times) < max_runs and time.perf_counter() - start < budget):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def random_inputs(spec: ConvSpec, generator_seed: int = 0):
@@ -286,7 +278,7 @@ class Tuner:
             expected = _REGISTRY["reference"].run(x.double(), w.double(),
                                                   None if b is None else b.double(), spec)
             scale = error_scale(x, w, b)
-        times = {}
+        runners = []
         for algo in candidates:
             with torch.no_grad():
                 y = algo.run(x, w, b, spec)
@@ -301,10 +293,14 @@ class Tuner:
 
                 def step(algo=algo, xs=xs, ws=ws, bs=bs, grad=grad):
                     algo.run(xs, ws, bs, spec).backward(grad)
-                times[algo.name] = _median_time(step)
             else:
-                with torch.no_grad():
-                    times[algo.name] = _median_time(lambda algo=algo: algo.run(x, w, b, spec))
+                def step(algo=algo):
+                    with torch.no_grad():
+                        algo.run(x, w, b, spec)
+            runners.append(Candidate(algo.name, step))
+        # Interleaved rounds: a noisy moment hits every candidate alike.
+        compare(runners, rounds=21, budget_s=1.0)
+        times = {r.name: r.median for r in runners}
         best = min(times, key=times.get)
         return Plan(key=key, choice=best, times=times, rejected=rejected,
                     mode="forward+backward" if train else "forward", threads=torch.get_num_threads())

@@ -1,10 +1,11 @@
 """Interleaved timing: every candidate runs once per round, in the same process, on the same
-inputs, so drifting clocks and caches hit all of them alike; results are medians per
-candidate. Candidates far slower than the fastest are dropped after a few rounds (their
+inputs, in a shuffled order (so no candidate always inherits the caches of the same
+predecessor), and drifting clocks hit all of them alike; results are medians per candidate. Candidates far slower than the fastest are dropped after a few rounds (their
 medians so far are kept and marked) so a slow fallback cannot eat the time budget."""
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -29,9 +30,12 @@ def compare(candidates: list[Candidate], rounds: int = 25, warmup: int = 2,
     for c in candidates:
         for _ in range(warmup):
             c.fn()
+    order = list(candidates)
+    rng = random.Random(0)
     start = time.perf_counter()
     for r in range(rounds):
-        for c in candidates:
+        rng.shuffle(order)
+        for c in order:
             if c.dropped:
                 continue
             t0 = time.perf_counter()

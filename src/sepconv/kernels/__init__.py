@@ -16,6 +16,11 @@ _modules: dict[str, object] = {}
 _errors: dict[str, str] = {}
 
 
+def source_digest(family: str) -> str:
+    """Short hash of a family's C++ source: part of build and tuning-cache keys."""
+    return hashlib.sha1((_HERE / f"{family}.cpp").read_bytes()).hexdigest()[:12]
+
+
 def load(family: str):
     """The compiled module for ``<family>.cpp``, building it once per source version and
     machine (``-march=native``), or None if it cannot be built."""
@@ -33,7 +38,7 @@ def load(family: str):
 
         from ..algorithms import cache_dir
 
-        digest = hashlib.sha1(source.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
+        digest = hashlib.sha1(f"{source_digest(family)}{torch.__version__}".encode()).hexdigest()[:12]
         build = cache_dir() / "build" / f"{family}_{digest}"
         build.mkdir(parents=True, exist_ok=True)
         _modules[family] = cpp_extension.load(
