@@ -50,6 +50,93 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def cmd_cost(args) -> int:
+    from rich.console import Console
+
+    from .analysis import count, mobilenet_table2, seed_table
+
+    console = Console()
+    if args.seed_table:
+        t = seed_table(args.input)
+        if args.json:
+            print(json.dumps(t, indent=1))
+            return 0
+        print(f"MobileNetV1 body, 14 layers, input {args.input}, out = round((size - 2) / stride)")
+        print(f"{'layer':>5} {'in':>4} {'out':>4} {'C_in':>5} {'C_out':>5} {'s':>2} {'standard MACs':>15} {'separable MACs':>15}")
+        for r in t["rows"]:
+            print(f"{r['layer']:>5} {r['in']:>4} {r['out']:>4} {r['c_in']:>5} {r['c_out']:>5} {r['stride']:>2} "
+                  f"{r['standard_macs']:>15,} {r['separable_macs']:>15,}")
+        print(f"total{'':>29}{t['standard_macs']:>15,} {t['separable_macs']:>15,}   ratio {t['ratio']:.4f}")
+        if any(r["out"] <= 0 for r in t["rows"]):
+            print("note: the classic formula treats every 3x3 convolution as unpadded, so late layers get "
+                  "sizes <= 0 whose squares still count; `sepconv cost mobilenet_v1 --input N` counts the real "
+                  "(padded) network.")
+        return 0
+    if not args.model:
+        raise ValueError("cost: give a model id (see `sepconv cost --list`) or --seed-table.")
+    from .models import create_model, list_models
+
+    if args.model == "list":
+        print("\n".join(list_models()))
+        return 0
+    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+    model = create_model(args.model, **kwargs).eval()
+    in_chans = model.features[0][0].in_channels if hasattr(model, "features") else 3
+    x = torch.randn(args.batch, in_chans, args.input, args.input)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    models = {"as built": model}
+    if args.compare == "standard":
+        from .convert import to_standard
+
+        models["standard"] = to_standard(model).eval()
+    out = {}
+    for label, m in models.items():
+        report = count(m, x)
+        if args.measure or args.roofline:
+            from .analysis.roofline import machine_peaks, measure_layers, plot_roofline, roofline
+
+            if args.measure:
+                measure_layers(m, (x,), report)
+            peaks = machine_peaks()
+            rows = roofline(report, peaks)
+            if args.roofline and label == "as built":
+                plot_roofline(rows, peaks, args.roofline, f"{args.model} @ {args.input}: roofline")
+        out[label] = report
+    if args.json:
+        print(json.dumps({k: json.loads(r.to_json()) for k, r in out.items()}, indent=1))
+        return 0
+    if args.csv:
+        print(out["as built"].to_csv(), end="")
+        return 0
+    report = out["as built"]
+    if args.layers:
+        console.print(report.table())
+    t = report.total
+    print(f"{args.model} @ {args.input}x{args.input}, batch {args.batch}: {t.params:,} parameters, "
+          f"{t.macs:,} MACs ({t.macs / 1e6:.1f}M; {t.flops / 1e9:.3f} GFLOPs = 2 x MACs), "
+          f"{t.bytes / 1e6:.1f} MB moved, {t.intensity:.2f} FLOP/byte")
+    if report.unsupported:
+        print("ops without a cost formula (counted as 0 MACs): "
+              + ", ".join(f"{k} x{v}" for k, v in report.unsupported.items()))
+    print("by layer kind (MobileNet Table 2):")
+    for kind, row in mobilenet_table2(report).items():
+        print(f"  {kind:<22} {row['mac_share'] * 100:6.2f}% of MACs  {row['param_share'] * 100:6.2f}% of parameters")
+    if "standard" in out:
+        s = out["standard"].total
+        print(f"with standard convolutions: {s.params:,} parameters, {s.macs:,} MACs; "
+              f"separable/standard = {t.macs / s.macs:.4f} MACs, {t.params / s.params:.4f} parameters")
+    if args.measure:
+        rows = roofline(report, machine_peaks())
+        print(f"{'layer':<28}{'bound':>8}{'FLOP/B':>8}{'bound ms':>10}{'measured ms':>13}{'of bound':>9}")
+        for r in rows:
+            print(f"{r['layer']:<28}{r['bound']:>8}{r['intensity']:>8.2f}{r['lower_bound_ms']:>10.4f}"
+                  f"{r.get('measured_ms', float('nan')):>13.4f}{r.get('fraction_of_bound', float('nan')):>9.2f}")
+    if args.roofline:
+        print(f"wrote {args.roofline}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import layers
 
@@ -70,6 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train and compare standard vs separable networks")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("cost", help="parameters, MACs, bytes and roofline of a model")
+    p.add_argument("model", nargs="?", help="model id, e.g. mobilenet_v1 ('list' lists them)")
+    p.add_argument("--input", type=int, default=224, help="input height and width (default 224)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compare", choices=["standard"], help="also cost the standard-conv form")
+    p.add_argument("--seed-table", action="store_true", help="MobileNetV1 body hand calculation")
+    p.add_argument("--layers", action="store_true", help="print the per-layer table")
+    p.add_argument("--measure", action="store_true", help="time each layer beside its roofline bound")
+    p.add_argument("--roofline", metavar="PNG", help="write a roofline plot")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--csv", action="store_true")
+    p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("bench", help="benchmark depthwise layers against PyTorch")
     p.add_argument("target", choices=["layers"], help="what to benchmark")

@@ -61,7 +61,8 @@ _DISPATCH: dict = {}
 
 
 def _dispatch_key(x, weight, bias, stride, padding, dilation, algorithm):
-    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)) or algorithms._tracing(x):
+    if (not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor))
+            or algorithms._FORCED or algorithms._tracing(x)):
         return None
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                         or (bias is not None and bias.requires_grad))

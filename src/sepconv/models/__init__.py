@@ -1,0 +1,6 @@
+"""Model zoo: registry and architectures."""
+
+from .mobilenet import MobileNetV1
+from .registry import create_model, list_models, register_model
+
+__all__ = ["MobileNetV1", "create_model", "list_models", "register_model"]
