@@ -1,5 +1,6 @@
 """Model surgery: conversions between convolution forms, each with a report."""
 
 from .standard import to_standard
+from .surgery import ConversionReport, decompose, fold_batchnorm, to_separable, to_versatile
 
-__all__ = ["to_standard"]
+__all__ = ["ConversionReport", "decompose", "fold_batchnorm", "to_separable", "to_standard", "to_versatile"]
