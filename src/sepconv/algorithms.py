@@ -322,7 +322,7 @@ class Tuner:
                         algo.run(x, w, b, spec)
             runners.append(Candidate(algo.name, step))
         # Interleaved rounds: a noisy moment hits every candidate alike.
-        compare(runners, rounds=21, budget_s=1.0)
+        compare(runners, rounds=15, budget_s=0.3)
         times = {r.name: r.median for r in runners}
         best = min(times, key=times.get)
         return Plan(key=key, choice=best, times=times, rejected=rejected,

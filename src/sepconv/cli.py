@@ -44,6 +44,41 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .data import digits, image_folder, synthetic
+    from .models import create_model
+    from .train import save_checkpoint, train
+
+    if args.data == "digits":
+        train_set, test_set = digits(args.size)
+    elif args.data == "synthetic":
+        train_set, test_set = synthetic(512, args.size)
+    else:
+        train_set, test_set = image_folder(args.data, args.size, grayscale=True)
+    kwargs = {"alpha": args.alpha} if args.alpha else {}
+    in_chans = train_set[0][0].shape[0]
+    classes = int(max(int(y) for _, y in train_set)) + 1
+    model = create_model(args.model, in_chans=in_chans, num_classes=classes, **kwargs)
+    result = train(model, train_set, test_set, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                   seed=args.seed, checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume,
+                   progress=not args.json)
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if args.save and rank == 0:
+        save_checkpoint(args.save, model.state_dict())
+    if rank == 0:
+        if args.json:
+            print(json.dumps({"test_accuracy": result.test_accuracy, "history": result.history,
+                              "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch}))
+        else:
+            print(f"test accuracy {result.test_accuracy * 100:.2f}% after {args.epochs} epochs "
+                  f"({result.seconds:.1f} s)")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -140,8 +175,15 @@ def cmd_cost(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import layers
 
-    if args.target != "layers":
-        raise ValueError(f"bench: unknown target {args.target!r}; expected 'layers'.")
+    if args.target == "model":
+        from .bench import model as model_bench
+
+        rows = model_bench.bench_model(args.model, batches=args.batch, size=args.input, rounds=args.rounds,
+                                       progress=(lambda s: None) if args.json else print)
+        model_bench.write(rows, args.out)
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        return 0
     rows = layers.bench_layers(batches=args.batch, rounds=args.rounds, training=args.training,
                                progress=(lambda s: None) if args.json else print)
     summary = layers.write(rows, args.out)
@@ -154,9 +196,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("demo", help="train and compare standard vs separable networks")
+    p = sub.add_parser("demo", help="train standard, separable and versatile networks on digits and compare")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--seeds", type=int, default=1, help="seeds per network (accuracy is their mean)")
+    p.add_argument("--size", type=int, default=16, help="digits are upsampled to size x size")
+    p.add_argument("--alpha", type=float, default=0.5, help="width multiplier")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a model from the zoo (torchrun for several processes)")
+    p.add_argument("model", help="model id, e.g. mobilenet_v1_small")
+    p.add_argument("--data", default="digits", help="'digits', 'synthetic' or an image folder path")
+    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", default=None, help="save last.pt here each epoch")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--save", default=None, help="write the final state_dict here (rank 0)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("cost", help="parameters, MACs, bytes and roofline of a model")
     p.add_argument("model", nargs="?", help="model id, e.g. mobilenet_v1 ('list' lists them)")
@@ -174,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("bench", help="benchmark depthwise layers against PyTorch")
-    p.add_argument("target", choices=["layers"], help="what to benchmark")
+    p.add_argument("target", choices=["layers", "model"], help="depthwise layers, or a whole model")
+    p.add_argument("model", nargs="?", default="mobilenet_v1_100", help="model id for `bench model`")
+    p.add_argument("--input", type=int, default=224, help="input size for `bench model`")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--rounds", type=int, default=25)
     p.add_argument("--training", action="store_true", help="time forward+backward")

@@ -41,10 +41,13 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, algo
     if x.dim() == 3:
         return depthwise_conv2d(x.unsqueeze(0), weight, bias, stride, padding, dilation,
                                 algorithm).squeeze(0)
-    with warnings.catch_warnings():
-        # Under torch.jit.trace the shape checks read traced sizes: they are constants of the
-        # trace by design, so the tracer's warning about them is noise.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+    if torch.jit.is_tracing():
+        with warnings.catch_warnings():
+            # Under torch.jit.trace the shape checks read traced sizes: they are constants of
+            # the trace by design, so the tracer's warning about them is noise.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            spec = depthwise_spec(owner, x, weight, bias, stride, padding, dilation)
+    else:  # (catch_warnings would also break a torch.compile graph)
         spec = depthwise_spec(owner, x, weight, bias, stride, padding, dilation)
     algo = algorithms.resolve(algorithm, spec, owner, x)
     if key is not None:

@@ -2,7 +2,8 @@
 
 Each family has ``is_available()``; when the compiler or a header is missing the reason is
 kept (``unavailable_reason()``) and the pure-PyTorch algorithms still serve every call.
-Set ``SEPCONV_NO_NATIVE=1`` to disable native kernels.
+Set ``SEPCONV_NO_NATIVE=1`` to disable native kernels; ``SEPCONV_BUILD_DIR`` moves the build
+cache (default ``~/.cache/sepconv/build``).
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ def load(family: str):
         import torch
         from torch.utils import cpp_extension
 
-        from ..algorithms import cache_dir
-
         digest = hashlib.sha1(f"{source_digest(family)}{torch.__version__}".encode()).hexdigest()[:12]
-        build = cache_dir() / "build" / f"{family}_{digest}"
+        # Builds are content-addressed, so they are shared by every plan cache and process.
+        root = Path(os.environ.get("SEPCONV_BUILD_DIR", Path.home() / ".cache" / "sepconv" / "build"))
+        build = root / f"{family}_{digest}"
         build.mkdir(parents=True, exist_ok=True)
         _modules[family] = cpp_extension.load(
             name=f"sepconv_{family}_{digest}", sources=[str(source)], build_directory=str(build),

@@ -1,0 +1,164 @@
+"""`optimize_for_inference`: batch norm folded, channels_last end to end, depthwise + bias +
+ReLU fused in the native kernel where the tuned plan picks it, each pointwise convolution
+run by oneDNN's convolution or as one GEMM with fused bias and ReLU, whichever measured
+faster on its real input, and every depthwise shape tuned once on the example input."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import algorithms
+from ..kernels import depthwise as native_dw
+from ..layers import DepthwiseConv2d, DepthwiseSeparableConv2d
+from ..spec import depthwise_spec
+from .surgery import fold_batchnorm
+
+
+class FusedDepthwiseReLU(nn.Module):
+    """Inference-only depthwise convolution with its bias and ReLU applied in one pass when
+    the plan for the shape is the native kernel; otherwise the planned algorithm then ReLU.
+
+    Shapes: as DepthwiseConv2d.
+    """
+
+    def __init__(self, dw: DepthwiseConv2d):
+        super().__init__()
+        self.weight = nn.Parameter(dw.weight.detach().clone(), requires_grad=False)
+        self.bias = None if dw.bias is None else nn.Parameter(dw.bias.detach().clone(), requires_grad=False)
+        self.stride, self.padding, self.dilation = dw.stride, dw._pad, dw.dilation
+        self.algorithm = dw.algorithm
+        self._plans: dict = {}
+
+    def forward(self, x):
+        key = (x.shape, x.dtype, x.device, x.is_contiguous())
+        hit = self._plans.get(key)
+        if hit is None:
+            spec = depthwise_spec("FusedDepthwiseReLU", x, self.weight, self.bias, self.stride,
+                                  self.padding, self.dilation)
+            hit = self._plans[key] = (spec, algorithms.resolve(self.algorithm, spec,
+                                                               "FusedDepthwiseReLU", x))
+        spec, algo = hit
+        if algo.name == "native":
+            return native_dw.run(x, self.weight, self.bias, spec, relu=True)
+        return F.relu(algo.run(x, self.weight, self.bias, spec))
+
+
+class PointwiseGEMM(nn.Module):
+    """Inference-only 1x1 convolution (stride 1, groups 1) on channels_last input as one
+    GEMM: (N*H*W, C_in) @ (C_in, C_out) + bias, optionally followed by an in-place ReLU.
+    The output is a channels_last view of the GEMM result (no copy).
+
+    Shapes: (N, C_in, H, W) channels_last -> (N, C_out, H, W) channels_last.
+    """
+
+    def __init__(self, conv: nn.Conv2d, relu: bool = False):
+        super().__init__()
+        w = conv.weight.detach()
+        self.weight_t = nn.Parameter(w.view(w.shape[0], w.shape[1]).t().contiguous(), requires_grad=False)
+        b = conv.bias.detach() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+        self.bias = nn.Parameter(b.clone(), requires_grad=False)
+        self.relu = relu
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.addmm(self.bias, x.permute(0, 2, 3, 1).reshape(n * h * w, c), self.weight_t)
+        if self.relu:
+            y.relu_()
+        return y.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+class InferenceModel(nn.Module):
+    """Wraps an optimized model: converts the input to channels_last and runs under
+    torch.inference_mode. Output as the wrapped model's."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        with torch.inference_mode():
+            return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+def _fuse(module: nn.Module) -> int:
+    fused = 0
+    for name, child in list(module.named_children()):
+        if (isinstance(child, DepthwiseSeparableConv2d) and isinstance(child.dw_norm, nn.Identity)
+                and isinstance(child.dw_act, nn.ReLU) and child.depthwise.depth_multiplier == 1
+                and child.depthwise.padding_mode == "zeros"):
+            child.depthwise = FusedDepthwiseReLU(child.depthwise)
+            child.dw_act = nn.Identity()
+            fused += 1
+        else:
+            fused += _fuse(child)
+    return fused
+
+
+def _is_pointwise(conv) -> bool:
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.groups == 1 and conv.padding in ((0, 0), 0))
+
+
+def _choose_pointwise(model: nn.Module, example_input: torch.Tensor, rounds: int = 15) -> list[dict]:
+    """For each pointwise convolution of a DepthwiseSeparableConv2d, time oneDNN's conv
+    against one GEMM on the layer's real input (interleaved medians) and keep the faster,
+    fusing the block's ReLU into the GEMM. Returns what was measured and chosen."""
+    from ..bench.harness import Candidate, compare
+
+    blocks = [m for m in model.modules() if isinstance(m, DepthwiseSeparableConv2d)
+              and _is_pointwise(m.pointwise) and isinstance(m.pw_norm, nn.Identity)]
+    inputs = {}
+    hooks = [b.pointwise.register_forward_pre_hook(lambda m, a: inputs.__setitem__(id(m), a[0]))
+             for b in blocks]
+    with torch.inference_mode():
+        model(example_input.contiguous(memory_format=torch.channels_last))
+    for h in hooks:
+        h.remove()
+    decisions = []
+    for block in blocks:
+        x = inputs.get(id(block.pointwise))
+        if x is None:
+            continue
+        relu = isinstance(block.pw_act, nn.ReLU)
+        gemm = PointwiseGEMM(block.pointwise, relu=relu)
+        conv = block.pointwise
+        with torch.inference_mode():
+            want = block.pw_act(conv(x))
+            torch.testing.assert_close(gemm(x), want, rtol=1e-4, atol=1e-4)
+            cands = compare([Candidate("conv", lambda: block.pw_act(conv(x))),
+                             Candidate("gemm", lambda: gemm(x))], rounds=rounds, budget_s=2.0)
+        t = {c.name: c.median for c in cands}
+        if t["gemm"] < t["conv"]:
+            block.pointwise, block.pw_act = gemm, nn.Identity()
+        decisions.append({"shape": tuple(x.shape), "conv_ms": t["conv"] * 1e3, "gemm_ms": t["gemm"] * 1e3,
+                          "chosen": "gemm" if t["gemm"] < t["conv"] else "conv"})
+    return decisions
+
+
+def optimize_for_inference(model: nn.Module, example_input: torch.Tensor) -> InferenceModel:
+    """An inference copy of `model`: BN folded, depthwise + bias + ReLU fused, weights and
+    activations channels_last, the auto plan tuned on `example_input` (same shape as later
+    inputs; another shape is tuned on first use).
+
+    Example:
+        >>> from sepconv.models import create_model
+        >>> m = create_model("mobilenet_v1_small").eval()
+        >>> fast = optimize_for_inference(m, torch.randn(1, 1, 8, 8))
+        >>> fast(torch.randn(1, 1, 8, 8)).shape
+        torch.Size([1, 10])
+    """
+    folded, _ = fold_batchnorm(model)
+    folded = copy.deepcopy(folded).eval()
+    _fuse(folded)
+    for p in folded.parameters():
+        p.requires_grad_(False)
+    folded = folded.to(memory_format=torch.channels_last)
+    wrapped = InferenceModel(folded).eval()
+    wrapped(example_input)  # tune every depthwise shape once, outside the timed path
+    wrapped.pointwise_choices = _choose_pointwise(folded, example_input)
+    return wrapped
