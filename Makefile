@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/sepconv demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_depthwise.py

@@ -259,11 +259,16 @@ void grad_input_kernel(const T* dy, const float* w, T* dx, Geometry g) {
 
 // dw[i, j, c] = sum over n, oh, ow of dy[n, oh, ow, c] * x[n, oh*sh - ph + i*dh, ow*sw - pw + j*dw, c].
 // Each thread accumulates a private (kh, kw, C) buffer over its rows; the buffers are summed.
-template <typename T>
+// With KH, KW > 0 (compile time), the KH*KW accumulators of one channel block stay in
+// registers over a whole output row and each dy vector is loaded once for all taps;
+// otherwise (and at the row borders) a per-tap loop with bounds checks.
+template <typename T, int KH, int KW>
 void grad_weight_kernel(const T* x, const T* dy, float* dw, Geometry g) {
   const int64_t taps = g.kh * g.kw, rows = g.N * g.OH;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
   std::vector<float> partial(parts * taps * g.C, 0.f);
+  int lo, hi;
+  interior(g, lo, hi);
   at::parallel_for(0, parts, 1, [&](int64_t pb, int64_t pe) {
     for (int64_t p = pb; p < pe; ++p) {
       float* acc_out = partial.data() + p * taps * g.C;
@@ -271,32 +276,57 @@ void grad_weight_kernel(const T* x, const T* dy, float* dw, Geometry g) {
         const int64_t n = row / g.OH, oh = row % g.OH;
         const T* xn = x + n * g.H * g.W * g.C;
         const T* dyr = dy + row * g.OW * g.C;
-        for (int i = 0; i < g.kh; ++i) {
-          const int ih = oh * g.sh - g.ph + i * g.dh;
-          if (ih < 0 || ih >= g.H) continue;
-          const T* xr = xn + ih * g.W * g.C;
-          for (int j = 0; j < g.kw; ++j) {
-            float* a = acc_out + (i * g.kw + j) * g.C;
-            int64_t cb = 0;
-            for (; cb + VL <= g.C; cb += VL) {
-              vf acc{};
-              for (int ow = 0; ow < g.OW; ++ow) {
-                const int iw = ow * g.sw - g.pw + j * g.dw;
-                if (iw < 0 || iw >= g.W) continue;
-                acc += IO<T>::load(dyr + ow * g.C + cb) * IO<T>::load(xr + iw * g.C + cb);
+        for (int64_t cb = 0; cb < g.C; cb += VL) {
+          const int lanes = (int)std::min<int64_t>(VL, g.C - cb);
+          // border columns (and everything when the kernel size is not compile-time)
+          auto tap_loop = [&](int ow_begin, int ow_end) {
+            for (int i = 0; i < g.kh; ++i) {
+              const int ih = oh * g.sh - g.ph + i * g.dh;
+              if (ih < 0 || ih >= g.H) continue;
+              const T* xr = xn + ih * g.W * g.C + cb;
+              for (int j = 0; j < g.kw; ++j) {
+                float* a = acc_out + (i * g.kw + j) * g.C + cb;
+                vf acc{};
+                for (int ow = ow_begin; ow < ow_end; ++ow) {
+                  const int iw = ow * g.sw - g.pw + j * g.dw;
+                  if (iw < 0 || iw >= g.W) continue;
+                  acc += load_lanes(dyr + ow * g.C + cb, lanes) * load_lanes(xr + iw * g.C, lanes);
+                }
+                float tmp[VL];
+                storef(tmp, acc);
+                for (int l = 0; l < lanes; ++l) a[l] += tmp[l];
               }
-              storef(a + cb, loadf(a + cb) + acc);
             }
-            for (int64_t c = cb; c < g.C; ++c) {
-              float acc = 0.f;
-              for (int ow = 0; ow < g.OW; ++ow) {
-                const int iw = ow * g.sw - g.pw + j * g.dw;
-                if (iw < 0 || iw >= g.W) continue;
-                acc += IO<T>::get(dyr + ow * g.C + c) * IO<T>::get(xr + iw * g.C + c);
+          };
+          if constexpr (KH > 0) {
+            if (lanes == VL && hi > lo) {
+              tap_loop(0, lo);
+              tap_loop(hi, g.OW);
+              vf acc[KH * KW] = {};
+              bool row_ok[KH];
+              const T* xr[KH];
+              for (int i = 0; i < KH; ++i) {
+                const int ih = oh * g.sh - g.ph + i * g.dh;
+                row_ok[i] = ih >= 0 && ih < g.H;
+                xr[i] = xn + (row_ok[i] ? ih : 0) * g.W * g.C + cb;
               }
-              a[c] += acc;
+              for (int ow = lo; ow < hi; ++ow) {
+                const vf d = IO<T>::load(dyr + ow * g.C + cb);
+                const int iw0 = ow * g.sw - g.pw;
+                for (int i = 0; i < KH; ++i) {
+                  if (!row_ok[i]) continue;
+                  for (int j = 0; j < KW; ++j)
+                    acc[i * KW + j] += d * IO<T>::load(xr[i] + (iw0 + j * g.dw) * g.C);
+                }
+              }
+              for (int t = 0; t < KH * KW; ++t) {
+                float* a = acc_out + t * g.C + cb;
+                storef(a, loadf(a) + acc[t]);
+              }
+              continue;
             }
           }
+          tap_loop(0, g.OW);
         }
       }
     }
@@ -377,7 +407,14 @@ at::Tensor grad_weight(at::Tensor x, at::Tensor dy, int64_t kh, int64_t kw, std:
   check_nhwc(dy, "grad_output");
   auto g = geometry(x, kh, kw, stride, padding, dilation);
   auto dw = at::empty({kh, kw, g.C}, x.options().dtype(at::kFloat));
-  DISPATCH(x.scalar_type(), grad_weight_kernel<T>(x.data_ptr<T>(), dy.data_ptr<T>(), dw.data_ptr<float>(), g));
+  DISPATCH(x.scalar_type(), {
+    const T* xp = x.data_ptr<T>();
+    const T* dyp = dy.data_ptr<T>();
+    float* dwp = dw.data_ptr<float>();
+    if (g.kh == 3 && g.kw == 3) grad_weight_kernel<T, 3, 3>(xp, dyp, dwp, g);
+    else if (g.kh == 5 && g.kw == 5) grad_weight_kernel<T, 5, 5>(xp, dyp, dwp, g);
+    else grad_weight_kernel<T, 0, 0>(xp, dyp, dwp, g);
+  });
   return dw;
 }
 

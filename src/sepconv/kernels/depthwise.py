@@ -25,7 +25,14 @@ class _DepthwiseNative(torch.autograd.Function):
         args = (spec.stride, spec.padding, spec.dilation)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = mod.grad_input(dy, weight, list(x.shape), *args)
+            (kh, kw), (ph, pw), (dh, dw_) = spec.kernel_size, spec.padding, spec.dilation
+            flip_pad = (dh * (kh - 1) - ph, dw_ * (kw - 1) - pw)
+            if spec.stride == (1, 1) and min(flip_pad) >= 0:
+                # stride 1: the input gradient is the forward kernel on dy with the kernel
+                # flipped and the complementary padding
+                dx = mod.forward(dy, weight.flip(-1, -2), None, (1, 1), flip_pad, spec.dilation, False)
+            else:
+                dx = mod.grad_input(dy, weight, list(x.shape), *args)
         if ctx.needs_input_grad[1]:
             dw = mod.grad_weight(x, dy, *spec.kernel_size, *args)
             dw = dw.permute(2, 0, 1).unsqueeze(1).to(weight.dtype)
