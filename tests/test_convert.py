@@ -118,3 +118,47 @@ def test_to_versatile_and_model_zoo_conversion():
     assert v(x).shape == (1, 10)
     s, rs = to_separable(m, x)
     assert rs.macs_after < rs.macs_before / 4
+
+
+def test_optimize_for_inference_matches_and_fuses():
+    from sepconv.convert import optimize_for_inference
+    from sepconv.convert.optimize import FusedDepthwiseReLU
+
+    torch.manual_seed(0)
+    m = create_model("mobilenet_v1_small", alpha=0.5).eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.normal_(0, 0.1)
+            mod.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(2, 1, 16, 16)
+    fast = optimize_for_inference(m, x)
+    assert not any(isinstance(mod, nn.BatchNorm2d) for mod in fast.modules())
+    assert sum(isinstance(mod, FusedDepthwiseReLU) for mod in fast.modules()) == 5
+    assert all(d["chosen"] in ("conv", "gemm") for d in fast.pointwise_choices)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), m(x), rtol=1e-4, atol=1e-4)
+
+
+def test_versatile_resnet50_and_vgg16_parameter_counts():
+    def n_params(m):
+        return sum(p.numel() for p in m.parameters())
+
+    resnet = create_model("resnet50")
+    assert n_params(resnet) == 25_557_032                 # He et al. 2016 (torchvision: 25,557,032)
+    # versatile: every 3x3 conv keeps 1/2 of its filters (3x3 + 1x1 sub-filters), every 1x1 conv
+    # (after the stem) 1/4 (four channel windows); BN, stem and FC are unchanged
+    convs = [m for m in resnet.modules() if isinstance(m, nn.Conv2d) and m.in_channels != 3]
+    k3 = sum(m.weight.numel() for m in convs if m.kernel_size == (3, 3))
+    k1 = sum(m.weight.numel() for m in convs if m.kernel_size == (1, 1))
+    versatile = n_params(create_model("resnet50_versatile"))
+    assert versatile == 25_557_032 - k3 // 2 - 3 * k1 // 4
+    assert round(versatile / 1e6, 1) == 10.8              # the paper reports 11.0M (see docs/results.md)
+
+    vgg = create_model("vgg16")
+    # 13 bias-free 3x3 convs + BN (gamma, beta) + three FC layers with bias
+    cfg = [c for c in vgg.CFG if c != "M"]
+    cins = [3] + cfg[:-1]
+    convs = sum(9 * a * b for a, b in zip(cins, cfg))
+    fcs = 512 * 49 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 1000 + 1000
+    assert n_params(vgg) == convs + 2 * sum(cfg) + fcs
+    assert n_params(create_model("vgg16_versatile")) == n_params(vgg) - (convs - 9 * 3 * 64) // 2

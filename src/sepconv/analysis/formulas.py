@@ -93,7 +93,7 @@ _ZERO = [
     "contiguous", "addcmul_", "addcdiv_", "lerp_", "_foreach_add_", "_foreach_mul_",
 ]
 _VIEW = [
-    "view", "_unsafe_view", "reshape", "t", "permute", "transpose", "expand", "as_strided",
+    "view", "_unsafe_view", "reshape", "t", "permute", "transpose", "expand", "as_strided", "as_strided_",
     "slice", "select", "unsqueeze", "squeeze", "alias", "detach", "unfold", "flatten",
     "split", "split_with_sizes", "chunk", "narrow", "unbind", "lift_fresh",
 ]
