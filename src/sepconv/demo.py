@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .bench.harness import median_seconds
+
 VARIANTS = [("standard", "mobilenet_v1_small_standard"),
             ("separable", "mobilenet_v1_small"),
             ("versatile", "mobilenet_v1_small_versatile")]
@@ -19,13 +21,7 @@ VARIANTS = [("standard", "mobilenet_v1_small_standard"),
 
 def _latency_ms(fn, x, runs=30):
     with torch.inference_mode():
-        fn(x)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        return median_seconds(lambda: fn(x), runs=runs) * 1e3
 
 
 def run_variants(epochs=12, seeds=(0,), size=16, alpha=0.5, progress=True, out=None) -> list[dict]:

@@ -6,22 +6,12 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from .. import algorithms
+from ..bench.harness import median_seconds
 from .counter import CostReport
-
-
-def _median_seconds(fn, runs=7):
-    fn()
-    out = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 def measure_peaks(threads: int | None = None) -> dict:
@@ -29,11 +19,11 @@ def measure_peaks(threads: int | None = None) -> dict:
     write), with the current thread count."""
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
-    gemm = 2 * n ** 3 / _median_seconds(lambda: torch.mm(a, b)) / 1e9
+    gemm = 2 * n ** 3 / median_seconds(lambda: torch.mm(a, b), runs=7) / 1e9
     src = torch.empty(64 * 2 ** 20)  # 256 MiB of float32, far beyond any cache
     src.fill_(1.0)
     dst = torch.empty_like(src)
-    bw = 2 * src.numel() * 4 / _median_seconds(lambda: dst.copy_(src), runs=5) / 1e9
+    bw = 2 * src.numel() * 4 / median_seconds(lambda: dst.copy_(src), runs=5) / 1e9
     return {"gemm_gflops": gemm, "bandwidth_gbs": bw, "threads": torch.get_num_threads()}
 
 

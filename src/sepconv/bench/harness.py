@@ -24,6 +24,18 @@ class Candidate:
         return statistics.median(self.times)
 
 
+def median_seconds(fn: Callable[[], object], runs: int = 10, warmup: int = 1) -> float:
+    """Median wall time of `fn` over `runs` calls, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def compare(candidates: list[Candidate], rounds: int = 25, warmup: int = 2,
             drop_after: int = 3, drop_factor: float = 10.0, budget_s: float = 10.0) -> list[Candidate]:
     """Time `candidates` in interleaved rounds; returns them with `.times` filled."""

@@ -5,7 +5,6 @@ child order is their execution order (the only place "a conv followed by a BN" i
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -47,17 +46,6 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def _median_ms(model, x, runs=10):
-    with torch.no_grad():
-        model(x)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2] * 1e3
-
-
 def finish_report(report, before, after, example_input=None, measure=False):
     report.params_before = sum(p.numel() for p in before.parameters())
     report.params_after = sum(p.numel() for p in after.parameters())
@@ -73,8 +61,11 @@ def finish_report(report, before, after, example_input=None, measure=False):
         report.max_abs_diff = (a - b).abs().max().item()
         report.rel_diff = ((a - b).norm() / a.norm().clamp_min(1e-30)).item()
         if measure:
-            report.latency_ms_before = _median_ms(before, example_input)
-            report.latency_ms_after = _median_ms(after, example_input)
+            from ..bench.harness import median_seconds
+
+            with torch.no_grad():
+                report.latency_ms_before = median_seconds(lambda: before(example_input)) * 1e3
+                report.latency_ms_after = median_seconds(lambda: after(example_input)) * 1e3
         before.train(before_mode), after.train(after_mode)
     return report
 

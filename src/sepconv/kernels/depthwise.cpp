@@ -13,7 +13,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <climits>
 #include <cstring>
 #include <vector>
 
