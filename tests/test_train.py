@@ -102,3 +102,20 @@ def test_demo_runs_small(tmp_path, capsys):
     assert rows[1]["macs"] < rows[0]["macs"] / 5 and rows[2]["params"] < rows[0]["params"] / 2
     assert all(r["optimized_max_abs_diff"] < 1e-3 for r in rows)
     assert (tmp_path / "demo.png").stat().st_size > 0
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    from sepconv.data import image_folder
+
+    for k, name in enumerate(["cat", "dog"]):
+        (tmp_path / name).mkdir()
+        for i in range(5):
+            Image.new("RGB", (12, 10), (40 * k + i, 100, 200)).save(tmp_path / name / f"{i}.png")
+    train_set, test_set = image_folder(tmp_path, size=8, test_fraction=0.2)
+    assert len(train_set) == 8 and len(test_set) == 2
+    x, y = train_set[0]
+    assert x.shape == (3, 8, 8) and int(y) in (0, 1)
+    with pytest.raises(ValueError, match=r"image_folder: `root` must be a folder"):
+        image_folder(tmp_path / "missing")
