@@ -108,3 +108,24 @@ def test_training_step_matches_reference():
         loss.backward()
         grads[name] = ws.grad
     torch.testing.assert_close(grads["native"], grads["reference"], rtol=1e-4, atol=1e-5)
+
+
+def test_native_winograd_rows_uses_the_generated_transforms():
+    from fractions import Fraction
+
+    from sepconv.functional.winograd import transforms
+
+    at, _, bt = transforms(2)
+    consts = kernels.load("depthwise").winograd_f23_constants()
+    assert consts == [[float(Fraction(v)) for v in row] for row in bt + at]
+
+
+@pytest.mark.parametrize("shape,p", [((1, 35, 13, 10), 1), ((2, 16, 9, 9), 0), ((1, 520, 6, 7), 2)])
+def test_native_winograd_rows_forward(shape, p):
+    algo = algorithms.get_algorithm("native_winograd_rows")
+    x, w, b = _data(shape, (3, 3), torch.float32)
+    want = F.conv2d(x.double(), w.double(), b.double(), 1, p, 1, groups=shape[1])
+    y = depthwise_conv2d(x, w, b, 1, p, 1, algorithm="native_winograd_rows")
+    assert ((y.double() - want).abs() <= algo.tolerance(torch.float32) * algorithms.error_scale(x, w, b)).all()
+    with pytest.raises(ValueError, match="inference-only"):
+        depthwise_conv2d(x, w.requires_grad_(), b, 1, p, 1, algorithm="native_winograd_rows")

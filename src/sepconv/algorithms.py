@@ -393,3 +393,9 @@ register(Algorithm(
     _native_dw.run, dtypes=frozenset({torch.float32, torch.bfloat16}), devices=frozenset({"cpu"}),
     depth_multipliers=frozenset({1}), available=lambda: _kernels.is_available("depthwise"),
     unavailable_reason=lambda: _kernels.unavailable_reason("depthwise"), error_eps=2))
+register(Algorithm(
+    "native_winograd_rows", "C++ NHWC row-wise Winograd F(2,3) (12 multiplies per 2 outputs), inference, CPU",
+    _native_dw.run_winograd_rows, **_NOT_WINOGRAD, dtypes=frozenset({torch.float32, torch.bfloat16}),
+    devices=frozenset({"cpu"}), depth_multipliers=frozenset({1}), differentiable=False,
+    available=lambda: _kernels.is_available("depthwise"),
+    unavailable_reason=lambda: _kernels.unavailable_reason("depthwise"), error_eps=2))

@@ -209,6 +209,57 @@ void forward_kernel(const T* x, const float* w, const float* b, T* y, Geometry g
   });
 }
 
+// Row-wise Winograd F(2,3) for 3x3, stride 1, dilation 1 (inference). For each output row
+// and pair of outputs, each of the three input rows contributes (B^T d) * U_r, with
+// U_r = G g_r precomputed per channel (passed in as float32 (3, 4, C)); the pair is A^T of
+// the sum: 12 multiplies per 2 outputs instead of 18. B^T and A^T are the F(2,3) matrices of
+// sepconv.functional.winograd.transforms(2) (points 0, 1, -1); winograd_f23_constants()
+// returns them so a test can hold the two in step.
+constexpr float BT23[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, -1, 0, 1}};
+constexpr float AT23[2][4] = {{1, 1, 1, 0}, {0, 1, -1, 1}};
+
+template <typename T>
+void winograd_rows_kernel(const T* x, const float* u, const float* b, T* y, Geometry g, bool relu) {
+  const int64_t tiles = (g.OW + 1) / 2;
+  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / g.OH, oh = row % g.OH;
+      const T* xn = x + n * g.H * g.W * g.C;
+      T* yr = y + row * g.OW * g.C;
+      for (int64_t cb = 0; cb < g.C; cb += VL) {
+        const int lanes = (int)std::min<int64_t>(VL, g.C - cb);
+        vf uv[3][4];
+        for (int r = 0; r < 3; ++r)
+          for (int j = 0; j < 4; ++j) uv[r][j] = load_lanes(u + (r * 4 + j) * g.C + cb, lanes);
+        const vf bv = b ? load_lanes(b + cb, lanes) : vf{};
+        for (int64_t t = 0; t < tiles; ++t) {
+          const int64_t iw0 = 2 * t - g.pw;
+          const bool inside = iw0 >= 0 && iw0 + 3 < g.W;
+          vf m0{}, m1{}, m2{}, m3{};
+          for (int r = 0; r < 3; ++r) {
+            const int64_t ih = oh - g.ph + r;
+            if (ih < 0 || ih >= g.H) continue;
+            const T* xr = xn + ih * g.W * g.C + cb;
+            vf d[4];
+            for (int q = 0; q < 4; ++q) {
+              const int64_t iw = iw0 + q;
+              d[q] = (inside || (iw >= 0 && iw < g.W)) ? load_lanes(xr + iw * g.C, lanes) : vf{};
+            }
+            m0 += (d[0] - d[2]) * uv[r][0];   // B^T rows, as BT23
+            m1 += (d[1] + d[2]) * uv[r][1];
+            m2 += (d[2] - d[1]) * uv[r][2];
+            m3 += (d[3] - d[1]) * uv[r][3];
+          }
+          vf y0 = bv + m0 + m1 + m2, y1 = bv + m1 - m2 + m3;   // A^T, as AT23
+          if (relu) { y0 = y0 > 0 ? y0 : vf{}; y1 = y1 > 0 ? y1 : vf{}; }
+          store_lanes(yr + (2 * t) * g.C + cb, y0, lanes);
+          if (2 * t + 1 < g.OW) store_lanes(yr + (2 * t + 1) * g.C + cb, y1, lanes);
+        }
+      }
+    }
+  });
+}
+
 // dx[n, ih, iw, c] = sum over taps (i, j) with ih + ph - i*dh = oh*sh, iw + pw - j*dw = ow*sw
 // of dy[n, oh, ow, c] * w[i, j, c]: a gather, so rows are independent and need no atomics.
 template <typename T>
@@ -417,7 +468,30 @@ at::Tensor grad_weight(at::Tensor x, at::Tensor dy, int64_t kh, int64_t kw, std:
   return dw;
 }
 
+// x: (N, C, H, W) channels_last; u: float32 (3, 4, C) = G applied to each kernel row.
+at::Tensor winograd_rows_forward(at::Tensor x, at::Tensor u, c10::optional<at::Tensor> b,
+                                 std::vector<int64_t> padding, bool relu) {
+  check_nhwc(x, "input");
+  at::Tensor bf = b.has_value() ? b->to(at::kFloat).contiguous() : at::Tensor();
+  auto g = geometry(x, 3, 3, {1, 1}, padding, {1, 1});
+  auto y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  u = u.to(at::kFloat).contiguous();
+  DISPATCH(x.scalar_type(), winograd_rows_kernel<T>(x.data_ptr<T>(), u.data_ptr<float>(),
+                                                    bf.defined() ? bf.data_ptr<float>() : nullptr,
+                                                    y.data_ptr<T>(), g, relu));
+  return y;
+}
+
+std::vector<std::vector<float>> winograd_f23_constants() {
+  std::vector<std::vector<float>> out;
+  for (auto& r : BT23) out.emplace_back(r, r + 4);
+  for (auto& r : AT23) out.emplace_back(r, r + 4);
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("winograd_rows_forward", &winograd_rows_forward, "row-wise Winograd F(2,3) depthwise 3x3, NHWC, inference");
+  m.def("winograd_f23_constants", &winograd_f23_constants, "the B^T (4 rows) and A^T (2 rows) the kernel uses");
   m.def("forward", &forward, "depthwise forward, NHWC (optionally fused ReLU)");
   m.def("grad_input", &grad_input, "depthwise input gradient, NHWC");
   m.def("grad_weight", &grad_weight, "depthwise weight gradient, NHWC, float32 (kh, kw, C)");

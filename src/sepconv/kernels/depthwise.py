@@ -51,3 +51,15 @@ def run(x, weight, bias, spec: ConvSpec, relu: bool = False):
     else:
         y = load("depthwise").forward(xl, weight, bias, spec.stride, spec.padding, spec.dilation, relu)
     return y if spec.layout == "nhwc" else y.contiguous()
+
+
+def run_winograd_rows(x, weight, bias, spec: ConvSpec, relu: bool = False):
+    """Depthwise 3x3 (stride 1, dilation 1, multiplier 1) by the native row-wise F(2,3)
+    kernel, inference only; output in x's memory format."""
+    from ..functional.winograd import matrices
+
+    _, g, _ = matrices(2, torch.float32, "cpu")
+    u = (weight[:, 0].float() @ g.t()).permute(1, 2, 0).contiguous()     # (3, 4, C)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    y = load("depthwise").winograd_rows_forward(xl, u, bias, spec.padding, relu)
+    return y if spec.layout == "nhwc" else y.contiguous()
