@@ -262,45 +262,70 @@ void winograd_rows_kernel(const T* x, const float* u, const float* b, T* y, Geom
 
 // dx[n, ih, iw, c] = sum over taps (i, j) with ih + ph - i*dh = oh*sh, iw + pw - j*dw = ow*sw
 // of dy[n, oh, ow, c] * w[i, j, c]: a gather, so rows are independent and need no atomics.
+// Input-gradient accumulation for channels [c_begin, c_end) of one input pixel, NV vectors
+// at a time, over the listed contributing taps (rows: i, oh; columns: j, ow).
+template <typename T, int NV>
+inline void gather_blocks(const T* dyn, const float* w, T* dx_pixel, const Geometry& g, int64_t c_begin,
+                          int64_t c_end, int rows_n, const int* row_i, const int* row_oh, int cols_n,
+                          const int* cj, const int* cow) {
+  for (int64_t cb = c_begin; cb < c_end; cb += NV * VL) {
+    vf acc[NV] = {};
+    for (int r = 0; r < rows_n; ++r) {
+      const T* dyr = dyn + row_oh[r] * g.OW * g.C + cb;
+      const float* wr = w + row_i[r] * g.kw * g.C + cb;
+      for (int q = 0; q < cols_n; ++q)
+        for (int v = 0; v < NV; ++v)
+          acc[v] += IO<T>::load(dyr + cow[q] * g.C + v * VL) * loadf(wr + cj[q] * g.C + v * VL);
+    }
+    for (int v = 0; v < NV; ++v) IO<T>::store(dx_pixel + cb + v * VL, acc[v]);
+  }
+}
+
 template <typename T>
 void grad_input_kernel(const T* dy, const float* w, T* dx, Geometry g) {
+  // The taps that reach input column iw (and their output column) depend on iw only: list
+  // them once, so the inner loop has no divisions and visits only contributing taps
+  // (about (kh/sh) * (kw/sw) of them, a quarter of 3x3 at stride 2).
+  std::vector<int> col_n(g.W, 0), col_j(g.W * g.kw), col_ow(g.W * g.kw);
+  for (int iw = 0; iw < g.W; ++iw)
+    for (int j = 0; j < g.kw; ++j) {
+      const int numw = iw + g.pw - j * g.dw;
+      if (numw < 0 || numw % g.sw || numw / g.sw >= g.OW) continue;
+      col_j[iw * g.kw + col_n[iw]] = j;
+      col_ow[iw * g.kw + col_n[iw]++] = numw / g.sw;
+    }
   at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> tail(g.C);
+    std::vector<int> row_i(g.kh), row_oh(g.kh);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.H, ih = row % g.H;
       const T* dyn = dy + n * g.OH * g.OW * g.C;
       T* dxr = dx + row * g.W * g.C;
+      int rows_n = 0;
+      for (int i = 0; i < g.kh; ++i) {
+        const int num = ih + g.ph - i * g.dh;
+        if (num < 0 || num % g.sh || num / g.sh >= g.OH) continue;
+        row_i[rows_n] = i;
+        row_oh[rows_n++] = num / g.sh;
+      }
       for (int iw = 0; iw < g.W; ++iw) {
-        int64_t cb = 0;
-        for (; cb + VL <= g.C; cb += VL) {
+        const int* cj = col_j.data() + iw * g.kw;
+        const int* cow = col_ow.data() + iw * g.kw;
+        // NV channel blocks at a time (4, then 2): independent FMA chains hide FMA latency
+        int64_t c4 = g.C / (4 * VL) * (4 * VL);
+        gather_blocks<T, 4>(dyn, w, dxr + iw * g.C, g, 0, c4, rows_n, row_i.data(), row_oh.data(), col_n[iw], cj, cow);
+        const int64_t c2 = c4 + (g.C - c4) / (2 * VL) * (2 * VL);
+        gather_blocks<T, 2>(dyn, w, dxr + iw * g.C, g, c4, c2, rows_n, row_i.data(), row_oh.data(), col_n[iw], cj, cow);
+        c4 = c2;
+        for (int64_t cb = c4; cb < g.C; cb += VL) {
+          const int lanes = (int)std::min<int64_t>(VL, g.C - cb);
           vf acc{};
-          for (int i = 0; i < g.kh; ++i) {
-            const int num = ih + g.ph - i * g.dh;
-            if (num < 0 || num % g.sh) continue;
-            const int oh = num / g.sh;
-            if (oh >= g.OH) continue;
-            for (int j = 0; j < g.kw; ++j) {
-              const int numw = iw + g.pw - j * g.dw;
-              if (numw < 0 || numw % g.sw) continue;
-              const int ow = numw / g.sw;
-              if (ow >= g.OW) continue;
-              acc += IO<T>::load(dyn + (oh * g.OW + ow) * g.C + cb) * loadf(w + (i * g.kw + j) * g.C + cb);
-            }
+          for (int r = 0; r < rows_n; ++r) {
+            const T* dyr = dyn + row_oh[r] * g.OW * g.C + cb;
+            const float* wr = w + row_i[r] * g.kw * g.C + cb;
+            for (int q = 0; q < col_n[iw]; ++q)
+              acc += load_lanes(dyr + cow[q] * g.C, lanes) * load_lanes(wr + cj[q] * g.C, lanes);
           }
-          IO<T>::store(dxr + iw * g.C + cb, acc);
-        }
-        for (int64_t c = cb; c < g.C; ++c) {
-          float acc = 0.f;
-          for (int i = 0; i < g.kh; ++i) {
-            const int num = ih + g.ph - i * g.dh;
-            if (num < 0 || num % g.sh || num / g.sh >= g.OH) continue;
-            for (int j = 0; j < g.kw; ++j) {
-              const int numw = iw + g.pw - j * g.dw;
-              if (numw < 0 || numw % g.sw || numw / g.sw >= g.OW) continue;
-              acc += IO<T>::get(dyn + ((num / g.sh) * g.OW + numw / g.sw) * g.C + c) * w[(i * g.kw + j) * g.C + c];
-            }
-          }
-          IO<T>::put(dxr + iw * g.C + c, acc);
+          store_lanes(dxr + iw * g.C + cb, acc, lanes);
         }
       }
     }
