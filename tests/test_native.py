@@ -2,6 +2,8 @@
 shapes that select its different code paths (register blocks, borders, channel tails,
 pixel-major order for C >= 512, compile-time 3x3/5x5 against the generic loop)."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,9 @@ from sepconv.functional import depthwise_conv2d
 from sepconv.kernels.depthwise import run as native_run
 from sepconv.spec import depthwise_spec
 
+if os.environ.get("SEPCONV_REQUIRE_NATIVE") and not kernels.is_available("depthwise"):
+    raise RuntimeError(f"SEPCONV_REQUIRE_NATIVE is set but the native kernel did not build: "
+                       f"{kernels.unavailable_reason('depthwise')}")
 pytestmark = pytest.mark.skipif(not kernels.is_available("depthwise"),
                                 reason=f"native kernel unavailable: {kernels.unavailable_reason('depthwise')}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 _HERE = Path(__file__).parent
@@ -33,6 +34,10 @@ def load(family: str):
         _errors[family] = "disabled by SEPCONV_NO_NATIVE"
         return None
     source = _HERE / f"{family}.cpp"
+    # pip's `ninja` lives beside the interpreter; a non-activated venv does not have it on PATH
+    bindir = os.path.dirname(sys.executable)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     try:
         import torch
         from torch.utils import cpp_extension
