@@ -139,5 +139,7 @@ def test_cli_cost(capsys):
     assert main(["cost", "--seed-table", "--input", "160"]) == 0
     out = capsys.readouterr().out
     assert "1,045,417,824" in out and "126,373,376" in out and "0.1209" in out
+    assert main(["cost", "vgg16", "--input", "32"]) == 0
+    assert "138,361,768 parameters" in capsys.readouterr().out
     assert main(["cost", "mobilenet_v2"]) == 1
     assert "Did you mean" in capsys.readouterr().err

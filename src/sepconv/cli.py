@@ -116,7 +116,9 @@ def cmd_cost(args) -> int:
         return 0
     kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
     model = create_model(args.model, **kwargs).eval()
-    in_chans = model.features[0][0].in_channels if hasattr(model, "features") else 3
+    from .models.registry import input_channels
+
+    in_chans = input_channels(model)
     x = torch.randn(args.batch, in_chans, args.input, args.input)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -271,6 +273,9 @@ def main(argv=None) -> int:
     except (ValueError, TypeError) as e:
         sys.stderr.write(f"sepconv {args.command}: error: {e}\n")
         return 1
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

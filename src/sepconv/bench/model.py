@@ -88,6 +88,7 @@ def runners(model, x, include=None, threads=None):
 def bench_model(name="mobilenet_v1_100", batches=(1, 8), size=224, rounds=30, include=None,
                 progress=print) -> list[dict]:
     from ..models import create_model
+    from ..models.registry import input_channels
 
     rows = []
     for batch in batches:
@@ -97,7 +98,7 @@ def bench_model(name="mobilenet_v1_100", batches=(1, 8), size=224, rounds=30, in
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.running_mean.normal_(0, 0.1)
                 mod.running_var.uniform_(0.5, 1.5)
-        in_chans = model.features[0][0].in_channels
+        in_chans = input_channels(model)
         x = torch.randn(batch, in_chans, size, size)
         with torch.no_grad():
             want = model(x)

@@ -30,3 +30,11 @@ def create_model(name: str, **kwargs):
     """
     choice("create_model", "name", name, list(_MODELS))
     return _MODELS[name](**kwargs)
+
+
+def input_channels(model) -> int:
+    """Input channels of a model: those of its first convolution (3 if it has none)."""
+    from torch import nn
+
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else 3
