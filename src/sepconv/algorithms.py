@@ -65,6 +65,7 @@ class Algorithm:
     layouts: frozenset | None = None
     depth_multipliers: frozenset | None = None
     differentiable: bool = True
+    fuses_relu: bool = False  # run(..., relu=True) applies ReLU in the same pass (inference)
     available: Callable[[], bool] = lambda: True
     unavailable_reason: Callable[[], str] = lambda: ""
     error_eps: float = 4.0
@@ -388,14 +389,14 @@ register(Algorithm(
 register(Algorithm(
     "winograd_rows", "row-wise 1-D F(2,3) with cached transformed rows (MNN), PyTorch",
     _winograd.depthwise_winograd_rows, **_NOT_WINOGRAD, error_eps=2))
+# The native kernels: CPU, float32/bfloat16, one filter per channel, built on first use.
+_NATIVE = dict(dtypes=frozenset({torch.float32, torch.bfloat16}), devices=frozenset({"cpu"}),
+               depth_multipliers=frozenset({1}), fuses_relu=True,
+               available=lambda: _kernels.is_available("depthwise"),
+               unavailable_reason=lambda: _kernels.unavailable_reason("depthwise"), error_eps=2)
 register(Algorithm(
     "native", "C++ NHWC direct kernel (AVX-512/AVX2 via -march=native), fwd+bwd, CPU",
-    _native_dw.run, dtypes=frozenset({torch.float32, torch.bfloat16}), devices=frozenset({"cpu"}),
-    depth_multipliers=frozenset({1}), available=lambda: _kernels.is_available("depthwise"),
-    unavailable_reason=lambda: _kernels.unavailable_reason("depthwise"), error_eps=2))
+    _native_dw.run, **_NATIVE))
 register(Algorithm(
     "native_winograd_rows", "C++ NHWC row-wise Winograd F(2,3) (12 multiplies per 2 outputs), inference, CPU",
-    _native_dw.run_winograd_rows, **_NOT_WINOGRAD, dtypes=frozenset({torch.float32, torch.bfloat16}),
-    devices=frozenset({"cpu"}), depth_multipliers=frozenset({1}), differentiable=False,
-    available=lambda: _kernels.is_available("depthwise"),
-    unavailable_reason=lambda: _kernels.unavailable_reason("depthwise"), error_eps=2))
+    _native_dw.run_winograd_rows, **_NOT_WINOGRAD, **_NATIVE, differentiable=False))

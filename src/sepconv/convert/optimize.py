@@ -11,16 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import algorithms
-from ..kernels import depthwise as native_dw
+from ..functional.depthwise import plan_call
 from ..layers import DepthwiseConv2d, DepthwiseSeparableConv2d
-from ..spec import depthwise_spec
 from .surgery import fold_batchnorm
 
 
 class FusedDepthwiseReLU(nn.Module):
     """Inference-only depthwise convolution with its bias and ReLU applied in one pass when
-    the plan for the shape is the native kernel; otherwise the planned algorithm then ReLU.
+    the planned algorithm can fuse them (the native kernels); otherwise the planned algorithm
+    then ReLU.
 
     Shapes: as DepthwiseConv2d.
     """
@@ -31,19 +30,12 @@ class FusedDepthwiseReLU(nn.Module):
         self.bias = None if dw.bias is None else nn.Parameter(dw.bias.detach().clone(), requires_grad=False)
         self.stride, self.padding, self.dilation = dw.stride, dw._pad, dw.dilation
         self.algorithm = dw.algorithm
-        self._plans: dict = {}
 
     def forward(self, x):
-        key = (x.shape, x.dtype, x.device, x.is_contiguous())
-        hit = self._plans.get(key)
-        if hit is None:
-            spec = depthwise_spec("FusedDepthwiseReLU", x, self.weight, self.bias, self.stride,
-                                  self.padding, self.dilation)
-            hit = self._plans[key] = (spec, algorithms.resolve(self.algorithm, spec,
-                                                               "FusedDepthwiseReLU", x))
-        spec, algo = hit
-        if algo.name == "native":
-            return native_dw.run(x, self.weight, self.bias, spec, relu=True)
+        spec, algo = plan_call("FusedDepthwiseReLU", x, self.weight, self.bias, self.stride,
+                               self.padding, self.dilation, self.algorithm)
+        if algo.fuses_relu:
+            return algo.run(x, self.weight, self.bias, spec, relu=True)
         return F.relu(algo.run(x, self.weight, self.bias, spec))
 
 

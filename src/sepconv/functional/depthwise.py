@@ -32,15 +32,21 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, algo
         True
     """
     owner = "depthwise_conv2d"
-    key = _dispatch_key(x, weight, bias, stride, padding, dilation, algorithm)
-    hit = _DISPATCH.get(key) if key is not None else None
-    if hit is not None:
-        spec, algo = hit
-        return algo.run(x, weight, bias, spec)
     tensor(owner, "input", x, (3, 4))
     if x.dim() == 3:
         return depthwise_conv2d(x.unsqueeze(0), weight, bias, stride, padding, dilation,
                                 algorithm).squeeze(0)
+    spec, algo = plan_call(owner, x, weight, bias, stride, padding, dilation, algorithm)
+    return algo.run(x, weight, bias, spec)
+
+
+def plan_call(owner, x, weight, bias, stride, padding, dilation, algorithm):
+    """(spec, algorithm) for a 4-D depthwise call: validated and resolved once per distinct
+    call signature, then read from a cache."""
+    key = _dispatch_key(x, weight, bias, stride, padding, dilation, algorithm)
+    hit = _DISPATCH.get(key) if key is not None else None
+    if hit is not None:
+        return hit
     if torch.jit.is_tracing():
         with warnings.catch_warnings():
             # Under torch.jit.trace the shape checks read traced sizes: they are constants of
@@ -54,7 +60,7 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, algo
         if len(_DISPATCH) > 4096:
             _DISPATCH.clear()
         _DISPATCH[key] = (spec, algo)
-    return algo.run(x, weight, bias, spec)
+    return spec, algo
 
 
 # Validated calls: (spec, algorithm) by everything that determines them, so a repeated call
