@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -47,6 +47,13 @@ class Cost:
     @property
     def intensity(self) -> float:
         return self.flops / self.bytes if self.bytes else 0.0
+
+    def add(self, macs: int, read: int, written: int) -> None:
+        """Account one op."""
+        self.macs += macs
+        self.bytes_read += read
+        self.bytes_written += written
+        self.calls += 1
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -168,7 +175,7 @@ def count(model: torch.nn.Module, *inputs, **kwargs) -> CostReport:
             h.remove()
 
     modules = dict(model.named_modules())
-    leaves = defaultdict(lambda: None)
+    kind_modules = set()  # (module, kind): a module's weights count once for its kind
     tree: dict[str, Cost] = {}
     kinds: dict[str, Cost] = {}
     for name in order:
@@ -179,22 +186,12 @@ def count(model: torch.nn.Module, *inputs, **kwargs) -> CostReport:
         parts = module.split(".") if module else []
         for depth in range(len(parts) + 1):
             key = ".".join(parts[:depth])
-            c = tree.get(key)
-            if c is None:
-                continue
-            c.macs += macs
-            c.bytes_read += read
-            c.bytes_written += written
-            c.calls += 1
+            if key in tree:
+                tree[key].add(macs, read, written)
         if kind != "other":
-            k = kinds.setdefault(kind, Cost(kind, kind))
-            k.macs += macs
-            k.bytes_read += read
-            k.bytes_written += written
-            k.calls += 1
-            # parameters of the op = its weight tensor (conv/linear), counted once per module
-            leaves[(module, kind)] = module
-    for (module, kind) in list(leaves):
+            kinds.setdefault(kind, Cost(kind, kind)).add(macs, read, written)
+            kind_modules.add((module, kind))
+    for module, kind in kind_modules:
         mod = modules.get(module)
         if mod is not None:
             kinds[kind].params += sum(p.numel() for p in mod.parameters(recurse=False))
