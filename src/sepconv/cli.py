@@ -127,26 +127,24 @@ def cmd_cost(args) -> int:
         from .convert import to_standard
 
         models["standard"] = to_standard(model).eval()
-    out = {}
-    for label, m in models.items():
-        report = count(m, x)
-        if args.measure or args.roofline:
-            from .analysis.roofline import machine_peaks, measure_layers, plot_roofline, roofline
+    out = {label: count(m, x) for label, m in models.items()}
+    report = out["as built"]
+    rows = None
+    if args.measure or args.roofline:  # only the model as built is timed and plotted
+        from .analysis.roofline import machine_peaks, measure_layers, plot_roofline, roofline
 
-            if args.measure:
-                measure_layers(m, (x,), report)
-            peaks = machine_peaks()
-            rows = roofline(report, peaks)
-            if args.roofline and label == "as built":
-                plot_roofline(rows, peaks, args.roofline, f"{args.model} @ {args.input}: roofline")
-        out[label] = report
+        if args.measure:
+            measure_layers(model, (x,), report)
+        peaks = machine_peaks()
+        rows = roofline(report, peaks)
+        if args.roofline:
+            plot_roofline(rows, peaks, args.roofline, f"{args.model} @ {args.input}: roofline")
     if args.json:
         print(json.dumps({k: json.loads(r.to_json()) for k, r in out.items()}, indent=1))
         return 0
     if args.csv:
         print(out["as built"].to_csv(), end="")
         return 0
-    report = out["as built"]
     if args.layers:
         console.print(report.table())
     t = report.total
@@ -164,7 +162,6 @@ def cmd_cost(args) -> int:
         print(f"with standard convolutions: {s.params:,} parameters, {s.macs:,} MACs; "
               f"separable/standard = {t.macs / s.macs:.4f} MACs, {t.params / s.params:.4f} parameters")
     if args.measure:
-        rows = roofline(report, machine_peaks())
         print(f"{'layer':<28}{'bound':>8}{'FLOP/B':>8}{'bound ms':>10}{'measured ms':>13}{'of bound':>9}")
         for r in rows:
             print(f"{r['layer']:<28}{r['bound']:>8}{r['intensity']:>8.2f}{r['lower_bound_ms']:>10.4f}"
