@@ -1,6 +1,7 @@
 """The native C++ kernel: forward, fused ReLU and both gradients against float64, over the
-shapes that select its different code paths (register blocks, borders, channel tails,
-pixel-major order for C >= 512, compile-time 3x3/5x5 against the generic loop)."""
+shapes that select its different code paths (register blocks and the shifted last block,
+borders, channel tails, half blocks for rows under 8, padded planes for C >= 512 at stride 1,
+compile-time 3x3/5x5 against the generic loop)."""
 
 import os
 
@@ -27,7 +28,12 @@ CASES = [
     ((2, 16, 12, 20), (3, 3), 1, 1, 1),      # register blocks of 8 + borders
     ((1, 33, 9, 11), (3, 3), 2, 1, 1),       # channel tail (33 = 2*16 + 1), stride 2
     ((1, 7, 6, 5), (3, 3), 1, 0, 1),         # fewer than 16 channels, no padding
-    ((1, 520, 5, 6), (3, 3), 1, 1, 1),       # pixel-major path with a tail of 8 channels
+    ((1, 520, 5, 6), (3, 3), 1, 1, 1),       # wide, with a tail of 8 channels: no planes
+    ((2, 512, 7, 7), (3, 3), 1, 1, 1),       # planes, half blocks (7 = 4 + 3 shifted)
+    ((1, 512, 5, 3), (3, 3), 1, 0, 1),       # planes with 1-wide rows, no padding
+    ((1, 512, 6, 9), (5, 5), 1, 2, 1),       # planes, 5x5
+    ((1, 1024, 7, 7), (3, 3), 2, 1, 1),      # wide at stride 2: rows, not planes
+    ((1, 32, 7, 6), (3, 3), 1, 1, 1),        # rows under 8 wide: half blocks
     ((2, 48, 10, 13), (5, 5), 1, 2, 1),      # compile-time 5x5
     ((1, 32, 11, 10), (5, 5), 2, 2, 1),      # 5x5 stride 2
     ((1, 20, 13, 12), (3, 3), 1, 2, 2),      # dilation: generic loop

@@ -12,7 +12,7 @@ class _DepthwiseNative(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, spec):
         mod = load("depthwise")
-        y = mod.forward(x, weight, bias, spec.stride, spec.padding, spec.dilation, False)
+        y = mod.forward(x, weight, bias, spec.stride, spec.padding, spec.dilation, False, False)
         ctx.save_for_backward(x, weight)
         ctx.spec, ctx.has_bias = spec, bias is not None
         return y
@@ -30,7 +30,7 @@ class _DepthwiseNative(torch.autograd.Function):
             if spec.stride == (1, 1) and min(flip_pad) >= 0:
                 # stride 1: the input gradient is the forward kernel on dy with the kernel
                 # flipped and the complementary padding
-                dx = mod.forward(dy, weight.flip(-1, -2), None, (1, 1), flip_pad, spec.dilation, False)
+                dx = mod.forward(dy, weight, None, (1, 1), flip_pad, spec.dilation, False, True)
             else:
                 dx = mod.grad_input(dy, weight, list(x.shape), *args)
         if ctx.needs_input_grad[1]:
@@ -49,7 +49,7 @@ def run(x, weight, bias, spec: ConvSpec, relu: bool = False):
             raise ValueError("native depthwise: fused ReLU is inference-only.")
         y = _DepthwiseNative.apply(xl, weight, bias, spec)
     else:
-        y = load("depthwise").forward(xl, weight, bias, spec.stride, spec.padding, spec.dilation, relu)
+        y = load("depthwise").forward(xl, weight, bias, spec.stride, spec.padding, spec.dilation, relu, False)
     return y if spec.layout == "nhwc" else y.contiguous()
 
 
