@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .. import algorithms
 from ..functional.depthwise import depthwise_conv2d
 from ..spec import depthwise_spec
-from .harness import Candidate, compare
+from .harness import Candidate, compare, steady_allocator
 
 # (channels, input size) of MobileNetV1-224's depthwise layers.
 MOBILENET_DW_SHAPES = [(32, 112), (64, 112), (128, 56), (256, 28), (512, 14), (1024, 7)]
@@ -80,6 +80,7 @@ def bench_shape(c, h, stride, batch, dtype=torch.float32, rounds=25, training=Fa
 
 def bench_layers(batches=(1, 8), strides=(1, 2), shapes=MOBILENET_DW_SHAPES, rounds=25,
                  training=False, progress=print) -> list[dict]:
+    steady_allocator()
     rows = []
     for batch in batches:
         for c, h in shapes:

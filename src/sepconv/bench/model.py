@@ -89,7 +89,9 @@ def bench_model(name="mobilenet_v1_100", batches=(1, 8), size=224, rounds=30, in
                 progress=print) -> list[dict]:
     from ..models import create_model
     from ..models.registry import input_channels
+    from .harness import steady_allocator
 
+    steady_allocator()
     rows = []
     for batch in batches:
         torch.manual_seed(0)

@@ -33,11 +33,11 @@ class _DepthwiseNative(torch.autograd.Function):
                 dx = mod.forward(dy, weight, None, (1, 1), flip_pad, spec.dilation, False, True)
             else:
                 dx = mod.grad_input(dy, weight, list(x.shape), *args)
-        if ctx.needs_input_grad[1]:
-            dw = mod.grad_weight(x, dy, *spec.kernel_size, *args)
-            dw = dw.permute(2, 0, 1).unsqueeze(1).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = dy.sum(dim=(0, 2, 3), dtype=torch.float32).to(dy.dtype)
+        want_db = ctx.has_bias and ctx.needs_input_grad[2]
+        if ctx.needs_input_grad[1] or want_db:
+            dw, db = mod.grad_weight(x, dy, *spec.kernel_size, *args, want_db)
+            dw = dw.to(weight.dtype) if ctx.needs_input_grad[1] else None
+            db = db.to(dy.dtype) if want_db else None
         return dx, dw, db, None
 
 
