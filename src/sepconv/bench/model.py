@@ -1,7 +1,8 @@
 """`sepconv bench model`: one model, one input, one process: PyTorch eager (NCHW and
 channels_last), TorchScript (trace + freeze), torch.compile, ONNX Runtime, OpenVINO (fp32
-precision set explicitly) and sepconv's optimize_for_inference; outputs checked against
-eager NCHW; interleaved medians."""
+precision set explicitly) and sepconv's optimize_for_inference in float32 and in bfloat16;
+outputs compared with eager NCHW (max abs and relative difference, top-1 agreement);
+interleaved medians."""
 
 from __future__ import annotations
 
@@ -79,9 +80,14 @@ def runners(model, x, include=None, threads=None):
         m = optimize_for_inference(model, x)
         return lambda: m(x)
 
+    def sepconv_bf16():
+        m = optimize_for_inference(model, x, dtype=torch.bfloat16)
+        return lambda: m(x)
+
     table = {"torch_eager_nchw": eager_nchw, "torch_eager_channels_last": eager_cl,
              "torchscript_freeze": torchscript, "torch_compile": compiled,
-             "onnxruntime": onnxruntime, "openvino": openvino, "sepconv": sepconv_optimized}
+             "onnxruntime": onnxruntime, "openvino": openvino, "sepconv": sepconv_optimized,
+             "sepconv_bf16": sepconv_bf16}
     return {k: v for k, v in table.items() if include is None or k in include}
 
 
@@ -113,15 +119,17 @@ def bench_model(name="mobilenet_v1_100", batches=(1, 8), size=224, rounds=30, in
                     skipped[peer] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
                     progress(f"  {peer}: skipped ({skipped[peer]})")
                     continue
-                diff = (got.float() - want).abs().max().item()
-                checks[peer] = diff
+                diff = (got.float() - want).abs()
+                checks[peer] = {"max_abs_diff_vs_eager": diff.max().item(),
+                                "max_rel_diff_vs_eager": (diff.max() / want.abs().max()).item(),
+                                "top1_agreement": (got.argmax(1) == want.argmax(1)).float().mean().item()}
                 cands.append(Candidate(peer, fn))
             compare(cands, rounds=rounds, budget_s=60)
         base = next(c.median for c in cands if c.name == "torch_eager_nchw")
         row = {"model": name, "batch": batch, "size": size, "threads": torch.get_num_threads(),
                "skipped": skipped,
                "results": {c.name: {"median_ms": c.median * 1e3, "speedup_vs_eager_nchw": base / c.median,
-                                    "max_abs_diff_vs_eager": checks[c.name]} for c in cands}}
+                                    **checks[c.name]} for c in cands}}
         rows.append(row)
         for c in cands:
             r = row["results"][c.name]
@@ -135,11 +143,13 @@ def write(rows, out_dir) -> None:
     out.mkdir(parents=True, exist_ok=True)
     name = rows[0]["model"]
     (out / f"model_{name}.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| batch | runtime | median ms | speedup vs eager NCHW | max abs diff |", "|---|---|---|---|---|"]
+    lines = ["| batch | runtime | median ms | speedup vs eager NCHW | max abs diff | max diff / max abs logit"
+             " | top-1 agreement |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         for peer, res in r["results"].items():
             lines.append(f"| {r['batch']} | {peer} | {res['median_ms']:.3f} | {res['speedup_vs_eager_nchw']:.2f} | "
-                         f"{res['max_abs_diff_vs_eager']:.1e} |")
+                         f"{res['max_abs_diff_vs_eager']:.1e} | {res['max_rel_diff_vs_eager']:.1e} | "
+                         f"{res['top1_agreement']:.2f} |")
     (out / f"model_{name}.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 
@@ -155,7 +165,7 @@ def write(rows, out_dir) -> None:
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(peers))], peers, rotation=30, fontsize=8, ha="right")
     ax.set_ylabel("median latency (ms)")
     ax.set_yscale("log")
-    ax.set_title(f"{name}, {rows[0]['size']}x{rows[0]['size']}, {rows[0]['threads']} threads, fp32")
+    ax.set_title(f"{name}, {rows[0]['size']}x{rows[0]['size']}, {rows[0]['threads']} threads, fp32 (sepconv_bf16: bf16)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / f"model_{name}.png", dpi=120)

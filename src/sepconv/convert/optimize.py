@@ -13,6 +13,7 @@ from torch import nn
 
 from ..functional.depthwise import plan_call
 from ..layers import DepthwiseConv2d, DepthwiseSeparableConv2d
+from .._validation import fail
 from .surgery import fold_batchnorm
 
 
@@ -65,16 +66,18 @@ class PointwiseGEMM(nn.Module):
 
 
 class InferenceModel(nn.Module):
-    """Wraps an optimized model: converts the input to channels_last and runs under
-    torch.inference_mode. Output as the wrapped model's."""
+    """Wraps an optimized model: converts the input to channels_last (and to the model's
+    compute dtype) and runs under torch.inference_mode. The output comes back in the input's
+    dtype, so a bfloat16 model is a drop-in for float32 callers."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.model = model
+        self.model, self.dtype = model, dtype
 
     def forward(self, x):
         with torch.inference_mode():
-            return self.model(x.contiguous(memory_format=torch.channels_last))
+            y = self.model(x.to(dtype=self.dtype, memory_format=torch.channels_last))
+            return y.to(x.dtype) if y.dtype != x.dtype and x.is_floating_point() else y
 
 
 def _fuse(module: nn.Module) -> int:
@@ -121,7 +124,10 @@ def _choose_pointwise(model: nn.Module, example_input: torch.Tensor, rounds: int
         conv = block.pointwise
         with torch.inference_mode():
             want = block.pw_act(conv(x))
-            torch.testing.assert_close(gemm(x), want, rtol=1e-4, atol=1e-4)
+            # conv and GEMM both accumulate in float32; they differ by float32 rounding, or
+            # by one bfloat16 rounding of the output (assert_close's own bfloat16 tolerance)
+            tol = dict(rtol=1e-4, atol=1e-4) if x.dtype == torch.float32 else {}
+            torch.testing.assert_close(gemm(x), want, **tol)
             cands = compare([Candidate("conv", lambda: block.pw_act(conv(x))),
                              Candidate("gemm", lambda: gemm(x))], rounds=rounds, budget_s=2.0)
         t = {c.name: c.median for c in cands}
@@ -132,10 +138,17 @@ def _choose_pointwise(model: nn.Module, example_input: torch.Tensor, rounds: int
     return decisions
 
 
-def optimize_for_inference(model: nn.Module, example_input: torch.Tensor) -> InferenceModel:
+def optimize_for_inference(model: nn.Module, example_input: torch.Tensor,
+                           dtype: torch.dtype = torch.float32) -> InferenceModel:
     """An inference copy of `model`: BN folded, depthwise + bias + ReLU fused, weights and
     activations channels_last, the auto plan tuned on `example_input` (same shape as later
     inputs; another shape is tuned on first use).
+
+    Args:
+        dtype: compute dtype, ``torch.float32`` or ``torch.bfloat16``. bfloat16 stores
+            weights and activations in bfloat16 and accumulates in float32 (oneDNN's
+            AVX512-BF16/AMX GEMMs, the native depthwise kernel); the output is returned in the
+            input's dtype. Its accuracy cost is measured in ``sepconv bench model`` and the demo.
 
     Example:
         >>> from sepconv.models import create_model
@@ -143,14 +156,18 @@ def optimize_for_inference(model: nn.Module, example_input: torch.Tensor) -> Inf
         >>> fast = optimize_for_inference(m, torch.randn(1, 1, 8, 8))
         >>> fast(torch.randn(1, 1, 8, 8)).shape
         torch.Size([1, 10])
+        >>> optimize_for_inference(m, torch.randn(1, 1, 8, 8), dtype=torch.bfloat16)(torch.randn(1, 1, 8, 8)).dtype
+        torch.float32
     """
+    if dtype not in (torch.float32, torch.bfloat16):
+        fail("optimize_for_inference", "`dtype` must be torch.float32 or torch.bfloat16.", f"dtype={dtype!r}")
     folded, _ = fold_batchnorm(model)
     folded = copy.deepcopy(folded).eval()
     _fuse(folded)
     for p in folded.parameters():
         p.requires_grad_(False)
-    folded = folded.to(memory_format=torch.channels_last)
-    wrapped = InferenceModel(folded).eval()
+    folded = folded.to(dtype=dtype, memory_format=torch.channels_last)
+    wrapped = InferenceModel(folded, dtype).eval()
     wrapped(example_input)  # tune every depthwise shape once, outside the timed path
-    wrapped.pointwise_choices = _choose_pointwise(folded, example_input)
+    wrapped.pointwise_choices = _choose_pointwise(folded, example_input.to(dtype))
     return wrapped

@@ -597,17 +597,32 @@ void check_nhwc(const at::Tensor& t, const char* name) {
 // (C, 1, kh, kw) weight of any float dtype -> float32 (kh, kw, C), optionally with the taps
 // flipped: one tap of consecutive channels is one vector load. A plain loop, because the
 // equivalent ATen permute + copy costs about 8 us, more than a small layer's whole kernel.
+// (A bfloat16 weight is converted in the same loop: an ATen .to() per call costs more.)
 at::Tensor weight_hwc(const at::Tensor& weight, bool flip = false) {
   TORCH_CHECK(weight.dim() == 4 && weight.size(1) == 1, "sepconv native: weight must be (C, 1, kh, kw)");
-  const at::Tensor w = weight.to(at::kFloat).contiguous();
+  const at::Tensor w = weight.scalar_type() == at::kBFloat16 ? weight.contiguous() : weight.to(at::kFloat).contiguous();
   const int64_t C = w.size(0), taps = w.size(2) * w.size(3);
-  auto out = at::empty({w.size(2), w.size(3), C}, w.options());
-  const float* src = w.data_ptr<float>();
+  auto out = at::empty({w.size(2), w.size(3), C}, w.options().dtype(at::kFloat));
   float* dst = out.data_ptr<float>();
-  for (int64_t t = 0; t < taps; ++t) {  // (tap-major: C-strided writes would alias in L1)
-    float* row = dst + (flip ? taps - 1 - t : t) * C;
-    for (int64_t c = 0; c < C; ++c) row[c] = src[c * taps + t];
-  }
+  DISPATCH(w.scalar_type(), {
+    const T* src = w.data_ptr<T>();
+    for (int64_t t = 0; t < taps; ++t) {  // (tap-major: C-strided writes would alias in L1)
+      float* row = dst + (flip ? taps - 1 - t : t) * C;
+      for (int64_t c = 0; c < C; ++c) row[c] = static_cast<float>(src[c * taps + t]);
+    }
+  });
+  return out;
+}
+
+// Optional bias -> float32 (C,), converted by a plain loop for the same reason.
+at::Tensor bias_f32(const c10::optional<at::Tensor>& b) {
+  if (!b.has_value()) return at::Tensor();
+  if (b->scalar_type() != at::kBFloat16) return b->to(at::kFloat).contiguous();
+  const at::Tensor src = b->contiguous();
+  auto out = at::empty({src.numel()}, src.options().dtype(at::kFloat));
+  const c10::BFloat16* sp = src.data_ptr<c10::BFloat16>();
+  float* dp = out.data_ptr<float>();
+  for (int64_t c = 0; c < src.numel(); ++c) dp[c] = static_cast<float>(sp[c]);
   return out;
 }
 
@@ -617,7 +632,7 @@ at::Tensor forward(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> b, std:
                    std::vector<int64_t> padding, std::vector<int64_t> dilation, bool relu, bool flip) {
   check_nhwc(x, "input");
   w = weight_hwc(w, flip);
-  at::Tensor bf = b.has_value() ? b->to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor bf = bias_f32(b);
   auto g = geometry(x, w.size(0), w.size(1), stride, padding, dilation);
   auto y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const float* bp = bf.defined() ? bf.data_ptr<float>() : nullptr;
@@ -685,7 +700,7 @@ std::vector<at::Tensor> grad_weight(at::Tensor x, at::Tensor dy, int64_t kh, int
 at::Tensor winograd_rows_forward(at::Tensor x, at::Tensor u, c10::optional<at::Tensor> b,
                                  std::vector<int64_t> padding, bool relu) {
   check_nhwc(x, "input");
-  at::Tensor bf = b.has_value() ? b->to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor bf = bias_f32(b);
   auto g = geometry(x, 3, 3, {1, 1}, padding, {1, 1});
   auto y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   u = u.to(at::kFloat).contiguous();
