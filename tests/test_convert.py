@@ -136,7 +136,7 @@ def test_optimize_for_inference_matches_and_fuses():
     fast = optimize_for_inference(m, x)
     assert not any(isinstance(mod, nn.BatchNorm2d) for mod in fast.modules())
     assert sum(isinstance(mod, FusedDepthwiseReLU) for mod in fast.modules()) == 5
-    assert all(d["chosen"] in ("conv", "gemm") for d in fast.pointwise_choices)
+    assert all(d["chosen"] in ("conv", "gemm", "onednn_gemm") for d in fast.pointwise_choices)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), m(x), rtol=1e-4, atol=1e-4)
 
@@ -162,6 +162,24 @@ def test_optimize_for_inference_bfloat16_is_as_accurate_as_pytorch_bfloat16():
     # BN folding changes where roundings happen, so "as accurate" is within a factor of 2 of
     # PyTorch's own bfloat16 inference of the same model, against float64
     assert 0 < ours <= 2 * theirs
+
+
+@pytest.mark.parametrize("backend", ["addmm", "onednn"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_pointwise_gemm_matches_conv(backend, relu):
+    from sepconv.convert.optimize import PointwiseGEMM, _onednn_linear
+
+    if backend == "onednn" and _onednn_linear() is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    conv = nn.Conv2d(24, 40, 1)
+    x = torch.randn(2, 24, 7, 5).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = conv(x).double()
+        got = PointwiseGEMM(conv, relu=relu, backend=backend)(x)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.double(), want.relu() if relu else want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"`backend` must be one of \['addmm', 'onednn'\].*backend='mkl'"):
+        PointwiseGEMM(conv, backend="mkl")
 
 
 def test_optimize_for_inference_rejects_other_dtypes():

@@ -451,11 +451,11 @@ inline void store_grads(const float* acc, float* dw, float* db, const Geometry& 
 }
 
 // dw[i, j, c] = sum over n, oh, ow of dy[n, oh, ow, c] * x[n, oh*sh - ph + i*dh, ow*sw - pw + j*dw, c].
-// Each thread accumulates a private (kh, kw, C) buffer over its rows; the buffers are summed.
-// With KH, KW > 0 (compile time), the KH*KW accumulators of one channel block stay in
-// registers over a whole output row and each dy vector is loaded once for all taps;
-// otherwise (and at the row borders) a per-tap loop with bounds checks.
-// db (the bias gradient, per-channel sums of dy) is accumulated as one more tap.
+// Each thread accumulates a private (kh*kw + 1, C) buffer over its rows (the last row is db,
+// the per-channel sum of dy); the buffers are summed. With KH, KW > 0 (compile time) and full
+// channel blocks, the accumulators of one block stay in registers over a whole output row,
+// each dy vector is loaded once for all taps, and border columns test the input columns they
+// load; otherwise a per-tap loop with bounds checks.
 template <typename T, int KH, int KW>
 void grad_weight_kernel(const T* x, const T* dy, float* dw, float* db, Geometry g) {
   const int64_t taps = g.kh * g.kw + 1, rows = g.N * g.OH;
@@ -472,39 +472,14 @@ void grad_weight_kernel(const T* x, const T* dy, float* dw, float* db, Geometry 
         const T* dyr = dy + row * g.OW * g.C;
         for (int64_t cb = 0; cb < g.C; cb += VL) {
           const int lanes = (int)std::min<int64_t>(VL, g.C - cb);
-          {
-            vf sum{};
-            for (int ow = 0; ow < g.OW; ++ow) sum += load_lanes(dyr + ow * g.C + cb, lanes);
-            float* a = acc_out + (taps - 1) * g.C + cb;
+          auto add_to = [&](float* a, vf v) {
             float tmp[VL];
-            storef(tmp, sum);
+            storef(tmp, v);
             for (int l = 0; l < lanes; ++l) a[l] += tmp[l];
-          }
-          // border columns (and everything when the kernel size is not compile-time)
-          auto tap_loop = [&](int ow_begin, int ow_end) {
-            for (int i = 0; i < g.kh; ++i) {
-              const int ih = oh * g.sh - g.ph + i * g.dh;
-              if (ih < 0 || ih >= g.H) continue;
-              const T* xr = xn + ih * g.W * g.C + cb;
-              for (int j = 0; j < g.kw; ++j) {
-                float* a = acc_out + (i * g.kw + j) * g.C + cb;
-                vf acc{};
-                for (int ow = ow_begin; ow < ow_end; ++ow) {
-                  const int iw = ow * g.sw - g.pw + j * g.dw;
-                  if (iw < 0 || iw >= g.W) continue;
-                  acc += load_lanes(dyr + ow * g.C + cb, lanes) * load_lanes(xr + iw * g.C, lanes);
-                }
-                float tmp[VL];
-                storef(tmp, acc);
-                for (int l = 0; l < lanes; ++l) a[l] += tmp[l];
-              }
-            }
           };
           if constexpr (KH > 0) {
-            if (lanes == VL && hi > lo) {
-              tap_loop(0, lo);
-              tap_loop(hi, g.OW);
-              vf acc[KH * KW] = {};
+            if (lanes == VL) {
+              vf acc[KH * KW] = {}, sum{};
               bool row_ok[KH];
               const T* xr[KH];
               for (int i = 0; i < KH; ++i) {
@@ -512,23 +487,52 @@ void grad_weight_kernel(const T* x, const T* dy, float* dw, float* db, Geometry 
                 row_ok[i] = ih >= 0 && ih < g.H;
                 xr[i] = xn + (row_ok[i] ? ih : 0) * g.W * g.C + cb;
               }
-              for (int ow = lo; ow < hi; ++ow) {
-                const vf d = IO<T>::load(dyr + ow * g.C + cb);
-                const int iw0 = ow * g.sw - g.pw;
-                for (int i = 0; i < KH; ++i) {
-                  if (!row_ok[i]) continue;
-                  for (int j = 0; j < KW; ++j)
-                    acc[i * KW + j] += d * IO<T>::load(xr[i] + (iw0 + j * g.dw) * g.C);
+              auto columns = [&](int ow_begin, int ow_end, auto edge) __attribute__((always_inline)) {
+                for (int ow = ow_begin; ow < ow_end; ++ow) {
+                  const vf d = IO<T>::load(dyr + ow * g.C + cb);
+                  sum += d;
+                  const int iw0 = ow * g.sw - g.pw;
+#pragma GCC unroll 5
+                  for (int i = 0; i < KH; ++i) {
+                    if (!row_ok[i]) continue;
+#pragma GCC unroll 5
+                    for (int j = 0; j < KW; ++j) {
+                      const int iw = iw0 + j * g.dw;
+                      if (decltype(edge)::value && (iw < 0 || iw >= g.W)) continue;
+                      acc[i * KW + j] += d * IO<T>::load(xr[i] + iw * g.C);
+                    }
+                  }
                 }
-              }
+              };
+              columns(0, std::min(lo, (int)g.OW), std::true_type{});
+              if (hi > lo) columns(lo, hi, std::false_type{});
+              columns(std::max(hi, lo), g.OW, std::true_type{});
               for (int t = 0; t < KH * KW; ++t) {
                 float* a = acc_out + t * g.C + cb;
                 storef(a, loadf(a) + acc[t]);
               }
+              float* a = acc_out + KH * KW * g.C + cb;
+              storef(a, loadf(a) + sum);
               continue;
             }
           }
-          tap_loop(0, g.OW);
+          vf sum{};
+          for (int ow = 0; ow < g.OW; ++ow) sum += load_lanes(dyr + ow * g.C + cb, lanes);
+          add_to(acc_out + (taps - 1) * g.C + cb, sum);
+          for (int i = 0; i < g.kh; ++i) {
+            const int ih = oh * g.sh - g.ph + i * g.dh;
+            if (ih < 0 || ih >= g.H) continue;
+            const T* xr = xn + ih * g.W * g.C + cb;
+            for (int j = 0; j < g.kw; ++j) {
+              vf acc{};
+              for (int ow = 0; ow < g.OW; ++ow) {
+                const int iw = ow * g.sw - g.pw + j * g.dw;
+                if (iw < 0 || iw >= g.W) continue;
+                acc += load_lanes(dyr + ow * g.C + cb, lanes) * load_lanes(xr + iw * g.C, lanes);
+              }
+              add_to(acc_out + (i * g.kw + j) * g.C + cb, acc);
+            }
+          }
         }
       }
     }
