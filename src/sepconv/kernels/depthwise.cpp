@@ -60,6 +60,9 @@ struct Geometry {
 // Used only for outputs larger than NT_BYTES: a smaller output is better left in cache for
 // the next layer to read.
 constexpr int64_t NT_BYTES = 4 << 20;
+// Software prefetch of the next rows pays only for inputs that come from DRAM: measured
+// 1.2-1.4x on 64x112x112 at batch 8 (25 MB), and 0.9-0.95x on inputs that stay in cache.
+constexpr int64_t PREFETCH_BYTES = 8 << 20;
 template <typename T> inline void stream_store(T* p, vf v, bool nt) { IO<T>::store(p, v); }
 #ifdef __AVX512F__
 template <> inline void stream_store(float* p, vf v, bool nt) {
@@ -104,6 +107,7 @@ void forward_kernel(const T* x, const float* w, const float* b, T* y, Geometry g
   int lo, hi;
   interior(g, lo, hi);
   const bool nt = g.N * g.OH * g.OW * g.C * (int64_t)sizeof(T) > NT_BYTES;
+  const bool prefetch = g.N * g.H * g.W * g.C * (int64_t)sizeof(T) > PREFETCH_BYTES;
   // Channel-major order wins while a row's channel stride is small; with C >= 512 the taps
   // of one block sit 2-4 KiB apart and alias in L1, so pixel-major order (all channels of a
   // pixel, contiguous) wins, as it does when a row is too short for register blocks.
@@ -115,7 +119,7 @@ void forward_kernel(const T* x, const float* w, const float* b, T* y, Geometry g
       const T* xn = x + n * g.H * g.W * g.C;
       T* yr = y + row * g.OW * g.C;
       const int ih0 = oh * g.sh - g.ph;
-      {
+      if (prefetch) {
         // The next output row needs sh new input rows: ask for them now, so the DRAM latency
         // overlaps this row's arithmetic (inputs at batch 8 exceed the caches).
         for (int r = 0; r < g.sh; ++r) {
