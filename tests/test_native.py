@@ -121,6 +121,27 @@ def test_training_step_matches_reference():
     torch.testing.assert_close(grads["native"], grads["reference"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize("shape,k,s", [((2, 32, 11, 13), 3, 1), ((1, 48, 9, 12), 3, 2), ((1, 33, 8, 9), 5, 1)])
+def test_weight_gradient_by_blocks_and_by_rows(shape, k, s, threads):
+    # Fewer channel blocks than threads splits the weight gradient by rows (private buffers,
+    # summed); otherwise by channel blocks. Both must give the float64 answer.
+    x, w, b = _data(shape, (k, k), torch.float32, seed=3)
+    dy = torch.randn(depthwise_conv2d(x, w, b, s, k // 2, 1).shape, generator=torch.Generator().manual_seed(4))
+    dy = dy.contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dw, db = kernels.load("depthwise").grad_weight(x, dy, k, k, (s, s), (k // 2, k // 2), (1, 1), True)
+    finally:
+        torch.set_num_threads(before)
+    want = conv2d_weight(x.double(), w.shape, dy.double(), stride=s, padding=k // 2, groups=shape[1])
+    scale = conv2d_weight(x.double().abs(), w.shape, dy.double().abs(), stride=s, padding=k // 2, groups=shape[1])
+    terms = shape[0] * dy.shape[2] * dy.shape[3]          # products summed per weight
+    assert ((dw.double() - want).abs() <= 2 * terms * torch.finfo(torch.float32).eps * scale).all()
+    torch.testing.assert_close(db.double(), dy.double().sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+
+
 def test_native_winograd_rows_uses_the_generated_transforms():
     from fractions import Fraction
 
