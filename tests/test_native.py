@@ -1,7 +1,7 @@
 """The native C++ kernel: forward, fused ReLU and both gradients against float64, over the
 shapes that select its different code paths (register blocks and the shifted last block,
 borders, channel tails, half blocks for rows under 8, padded planes for C >= 512 at stride 1,
-compile-time 3x3/5x5 against the generic loop)."""
+column pairs of the stride-2 input gradient, compile-time 3x3/5x5 against the generic loop)."""
 
 import os
 
@@ -34,6 +34,8 @@ CASES = [
     ((1, 512, 6, 9), (5, 5), 1, 2, 1),       # planes, 5x5
     ((1, 1024, 7, 7), (3, 3), 2, 1, 1),      # wide at stride 2: rows, not planes
     ((1, 32, 7, 6), (3, 3), 1, 1, 1),        # rows under 8 wide: half blocks
+    ((2, 32, 9, 21), (3, 3), 2, 1, 1),       # stride-2 input gradient by column pairs
+    ((1, 16, 8, 20), (3, 3), 2, 0, 1),       # column pairs with no padding
     ((2, 48, 10, 13), (5, 5), 1, 2, 1),      # compile-time 5x5
     ((1, 32, 11, 10), (5, 5), 2, 2, 1),      # 5x5 stride 2
     ((1, 20, 13, 12), (3, 3), 1, 2, 2),      # dilation: generic loop

@@ -410,6 +410,7 @@ void grad_input_kernel(const T* dy, const float* w, T* dx, Geometry g) {
       col_j[iw * g.kw + col_n[iw]] = j;
       col_ow[iw * g.kw + col_n[iw]++] = numw / g.sw;
     }
+  const bool pairs = g.kh == 3 && g.kw == 3 && g.sw == 2 && g.dw == 1 && g.C % VL == 0;
   at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<int> row_i(g.kh), row_oh(g.kh);
     for (int64_t row = begin; row < end; ++row) {
@@ -423,7 +424,7 @@ void grad_input_kernel(const T* dy, const float* w, T* dx, Geometry g) {
         row_i[rows_n] = i;
         row_oh[rows_n++] = num / g.sh;
       }
-      for (int iw = 0; iw < g.W; ++iw) {
+      auto pixel = [&](int iw) {
         const int* cj = col_j.data() + iw * g.kw;
         const int* cow = col_ow.data() + iw * g.kw;
         // NV channel blocks at a time (4, then 2): independent FMA chains hide FMA latency
@@ -443,7 +444,44 @@ void grad_input_kernel(const T* dy, const float* w, T* dx, Geometry g) {
           }
           store_lanes(dxr + iw * g.C + cb, acc, lanes);
         }
+      };
+      int iw = 0;
+      if (pairs) {
+        // 3x3 at stride 2: an input column (iw + pw even) takes taps j = 0 and 2 from output
+        // columns e = (iw + pw) / 2 and e - 1, and the next column takes tap j = 1 from e. So
+        // OB such column pairs need OB + 1 dy vectors per kernel row for 3 * OB FMAs.
+        constexpr int OB = 4;
+        while (iw < g.W && ((iw + g.pw) % 2 != 0 || (iw + g.pw) / 2 < 1)) pixel(iw++);
+        const int e0 = (iw + g.pw) / 2;
+        const int npairs = std::max(0, std::min((int)(g.W - iw) / 2, (int)g.OW - e0) / OB * OB);
+        for (int64_t cb = 0; cb < g.C; cb += VL) {
+          vf wv[3][3];
+          for (int r = 0; r < rows_n; ++r)
+            for (int j = 0; j < 3; ++j) wv[r][j] = loadf(w + (row_i[r] * 3 + j) * g.C + cb);
+          for (int pb = 0; pb < npairs; pb += OB) {
+            vf even[OB] = {}, odd[OB] = {};
+            for (int r = 0; r < rows_n; ++r) {
+              const T* dyr = dyn + (row_oh[r] * g.OW + e0 + pb - 1) * g.C + cb;
+              vf d[OB + 1];
+#pragma GCC unroll 8
+              for (int q = 0; q <= OB; ++q) d[q] = IO<T>::load(dyr + q * g.C);
+#pragma GCC unroll 8
+              for (int o = 0; o < OB; ++o) {
+                even[o] += d[o + 1] * wv[r][0] + d[o] * wv[r][2];
+                odd[o] += d[o + 1] * wv[r][1];
+              }
+            }
+            T* out = dxr + (iw + 2 * pb) * g.C + cb;
+#pragma GCC unroll 8
+            for (int o = 0; o < OB; ++o) {
+              IO<T>::store(out + 2 * o * g.C, even[o]);
+              IO<T>::store(out + (2 * o + 1) * g.C, odd[o]);
+            }
+          }
+        }
+        iw += 2 * npairs;
       }
+      for (; iw < g.W; ++iw) pixel(iw);
     }
   });
 }
