@@ -56,8 +56,10 @@ def median_seconds(fn: Callable[[], object], runs: int = 10, warmup: int = 1) ->
 
 
 def compare(candidates: list[Candidate], rounds: int = 25, warmup: int = 2,
-            drop_after: int = 3, drop_factor: float = 10.0, budget_s: float = 10.0) -> list[Candidate]:
-    """Time `candidates` in interleaved rounds; returns them with `.times` filled."""
+            drop_after: int = 3, drop_factor: float = 10.0, budget_s: float = 10.0,
+            min_rounds: int = 0) -> list[Candidate]:
+    """Time `candidates` in interleaved rounds; returns them with `.times` filled.
+    The time budget ends the rounds only after `min_rounds` (and the drop) have run."""
     for c in candidates:
         for _ in range(warmup):
             c.fn()
@@ -76,6 +78,6 @@ def compare(candidates: list[Candidate], rounds: int = 25, warmup: int = 2,
             best = min(c.median for c in candidates)
             for c in candidates:
                 c.dropped = c.median > drop_factor * best
-        if time.perf_counter() - start > budget_s and r + 1 >= drop_after:
+        if time.perf_counter() - start > budget_s and r + 1 >= max(drop_after, min_rounds):
             break
     return candidates
