@@ -205,6 +205,10 @@ class Plan:
         return "\n".join(lines)
 
 
+# Bump when the tuner's timing method changes (2: slow candidates dropped at 2x, 10+ rounds).
+TUNER_VERSION = 2
+
+
 def machine_fingerprint() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -214,9 +218,9 @@ def machine_fingerprint() -> str:
                 break
     except OSError:
         pass
-    # The algorithm set and the native sources are part of the key: a plan made without a
-    # newer algorithm, or with an older kernel, is stale.
-    return (f"{cpu}|{os.cpu_count()}cpu|torch {torch.__version__}|sepconv {__version__}"
+    # The algorithm set, the native sources and the timing method are part of the key: a plan
+    # made without a newer algorithm, with an older kernel or by an older method is stale.
+    return (f"{cpu}|{os.cpu_count()}cpu|torch {torch.__version__}|sepconv {__version__}|tuner {TUNER_VERSION}"
             f"|{torch.backends.cpu.get_cpu_capability()}|{','.join(sorted(_REGISTRY))}"
             f"|depthwise.cpp {_kernels.source_digest('depthwise')}")
 
