@@ -122,16 +122,22 @@ def test_to_versatile_and_model_zoo_conversion():
     assert rs.macs_after < rs.macs_before / 4
 
 
-def test_optimize_for_inference_matches_and_fuses():
-    from sepconv.convert import optimize_for_inference
-    from sepconv.convert.optimize import FusedDepthwiseReLU
-
+def _small_mobilenet_with_bn_statistics():
+    """Non-trivial BN running statistics, so that folding is really exercised."""
     torch.manual_seed(0)
     m = create_model("mobilenet_v1_small", alpha=0.5).eval()
     for mod in m.modules():
         if isinstance(mod, nn.BatchNorm2d):
             mod.running_mean.normal_(0, 0.1)
             mod.running_var.uniform_(0.5, 1.5)
+    return m
+
+
+def test_optimize_for_inference_matches_and_fuses():
+    from sepconv.convert import optimize_for_inference
+    from sepconv.convert.optimize import FusedDepthwiseReLU
+
+    m = _small_mobilenet_with_bn_statistics()
     x = torch.randn(2, 1, 16, 16)
     fast = optimize_for_inference(m, x)
     assert not any(isinstance(mod, nn.BatchNorm2d) for mod in fast.modules())
@@ -144,12 +150,7 @@ def test_optimize_for_inference_matches_and_fuses():
 def test_optimize_for_inference_bfloat16_is_as_accurate_as_pytorch_bfloat16():
     from sepconv.convert import optimize_for_inference
 
-    torch.manual_seed(0)
-    m = create_model("mobilenet_v1_small", alpha=0.5).eval()
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.normal_(0, 0.1)
-            mod.running_var.uniform_(0.5, 1.5)
+    m = _small_mobilenet_with_bn_statistics()
     x = torch.randn(4, 1, 16, 16)
     fast = optimize_for_inference(m, x, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in fast.parameters())
