@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
@@ -69,7 +70,7 @@ def image_folder(root, size: int = 32, grayscale: bool = False, test_fraction: f
             if f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp"):
                 continue
             img = Image.open(f).convert("L" if grayscale else "RGB").resize((size, size))
-            t = torch.tensor(list(img.getdata()), dtype=torch.float32).view(size, size, -1)
+            t = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).view(size, size, -1)
             xs.append(t.permute(2, 0, 1) / 255.0)
             ys.append(k)
     if not xs:

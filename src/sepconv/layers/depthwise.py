@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -61,10 +62,18 @@ class DepthwiseConv2d(nn.Module):
             bound = 1 / math.sqrt(self.kernel_size[0] * self.kernel_size[1])
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def _wrong_channels(self, x) -> bool:
+        if not torch.jit.is_tracing():
+            return x.shape[-3] != self.in_channels
+        with warnings.catch_warnings():
+            # under torch.jit.trace sizes are constants of the trace by design
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return bool(x.shape[-3] != self.in_channels)
+
     def forward(self, x):
         # The function cannot tell a wrong channel count from a depth multiplier; the layer can.
         # (Under fx symbolic tracing x is a Proxy with no sizes: the check runs at call time.)
-        if isinstance(x, torch.Tensor) and x.dim() in (3, 4) and x.shape[-3] != self.in_channels:
+        if isinstance(x, torch.Tensor) and x.dim() in (3, 4) and self._wrong_channels(x):
             fail(type(self).__name__, f"`input` must have {self.in_channels} channels "
                  "(dimension -3).", f"input.shape={tuple(x.shape)}")
         if self.padding_mode != "zeros" and any(self._pad):
