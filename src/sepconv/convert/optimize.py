@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import algorithms
 from ..functional.depthwise import plan_call
 from ..layers import DepthwiseConv2d, DepthwiseSeparableConv2d
 from .._validation import choice, fail
@@ -31,10 +32,19 @@ class FusedDepthwiseReLU(nn.Module):
         self.bias = None if dw.bias is None else nn.Parameter(dw.bias.detach().clone(), requires_grad=False)
         self.stride, self.padding, self.dilation = dw.stride, dw._pad, dw.dilation
         self.algorithm = dw.algorithm
+        self._last = (None, None)
 
     def forward(self, x):
-        spec, algo = plan_call("FusedDepthwiseReLU", x, self.weight, self.bias, self.stride,
-                               self.padding, self.dilation, self.algorithm)
+        # The last call's plan, by what can change between calls of this frozen module:
+        # cheaper than plan_call's general key on the per-layer path of a whole network.
+        key = (x.shape, x.stride(), x.dtype, x.device, torch.get_num_threads(),
+               torch.is_grad_enabled() and x.requires_grad, algorithms._FORCED and algorithms._FORCED[-1])
+        if key == self._last[0] and not algorithms._tracing(x):
+            spec, algo = self._last[1]
+        else:
+            spec, algo = plan_call("FusedDepthwiseReLU", x, self.weight, self.bias, self.stride,
+                                   self.padding, self.dilation, self.algorithm)
+            self._last = (key, (spec, algo))
         if algo.fuses_relu:
             return algo.run(x, self.weight, self.bias, spec, relu=True)
         return F.relu(algo.run(x, self.weight, self.bias, spec))
@@ -82,6 +92,33 @@ class PointwiseGEMM(nn.Module):
             if self.relu:
                 y.relu_()
         return y.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+class SeparableInference(nn.Module):
+    """A DepthwiseSeparableConv2d after BN folding and fusion (no norm left, the depthwise
+    activation fused): depthwise, pointwise, then the optional activation, without calls to
+    the Identity modules that stood for the others (four Python module calls per block).
+
+    Shapes: as the block it replaces.
+    """
+
+    def __init__(self, block: DepthwiseSeparableConv2d):
+        super().__init__()
+        self.depthwise, self.pointwise = block.depthwise, block.pointwise
+        self.act = None if isinstance(block.pw_act, nn.Identity) else block.pw_act
+
+    def forward(self, x):
+        y = self.pointwise(self.depthwise(x))
+        return y if self.act is None else self.act(y)
+
+
+def _lean_blocks(module: nn.Module) -> None:
+    for name, child in list(module.named_children()):
+        if (isinstance(child, DepthwiseSeparableConv2d) and isinstance(child.depthwise, FusedDepthwiseReLU)
+                and all(isinstance(m, nn.Identity) for m in (child.dw_norm, child.dw_act, child.pw_norm))):
+            setattr(module, name, SeparableInference(child))
+        else:
+            _lean_blocks(child)
 
 
 class InferenceModel(nn.Module):
@@ -191,4 +228,5 @@ def optimize_for_inference(model: nn.Module, example_input: torch.Tensor,
     wrapped = InferenceModel(folded, dtype).eval()
     wrapped(example_input)  # tune every depthwise shape once, outside the timed path
     wrapped.pointwise_choices = _choose_pointwise(folded, example_input.to(dtype))
+    _lean_blocks(folded)
     return wrapped
