@@ -135,7 +135,7 @@ def _small_mobilenet_with_bn_statistics():
 
 def test_optimize_for_inference_matches_and_fuses():
     from sepconv.convert import optimize_for_inference
-    from sepconv.convert.optimize import FusedDepthwiseReLU
+    from sepconv.convert.optimize import FusedDepthwiseReLU, SeparableInference
 
     m = _small_mobilenet_with_bn_statistics()
     x = torch.randn(2, 1, 16, 16)
@@ -143,7 +143,13 @@ def test_optimize_for_inference_matches_and_fuses():
     assert not any(isinstance(mod, nn.BatchNorm2d) for mod in fast.modules())
     assert sum(isinstance(mod, FusedDepthwiseReLU) for mod in fast.modules()) == 5
     assert all(d["chosen"] in ("conv", "gemm", "onednn_gemm") for d in fast.pointwise_choices)
+    assert sum(isinstance(mod, SeparableInference) for mod in fast.modules()) == 5
+    assert not any(isinstance(mod, sepconv.DepthwiseSeparableConv2d) for mod in fast.modules())
     with torch.no_grad():
+        torch.testing.assert_close(fast(x), m(x), rtol=1e-4, atol=1e-4)
+        # another shape after the first: each fused layer re-plans instead of reusing its last plan
+        x3 = torch.randn(3, 1, 12, 20)
+        torch.testing.assert_close(fast(x3), m(x3), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(fast(x), m(x), rtol=1e-4, atol=1e-4)
 
 
