@@ -61,7 +61,8 @@ def runners(model, x, include=None, threads=None):
         opts.inter_op_num_threads = 1
         # ORT's idle workers spin after each run; in one process they take the cores from
         # whichever peer runs next (measured: eager 13.6 -> 26.5 ms beside a spinning ORT).
-        # ORT's own latency is unchanged without spinning (10.7 vs 10.5 ms alone).
+        # ORT itself measured 8.2 ms without spinning against 9.9-11.5 ms with it in the
+        # same benchmark.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         feed = {"x": x.numpy()}
