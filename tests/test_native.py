@@ -154,12 +154,18 @@ def test_native_winograd_rows_uses_the_generated_transforms():
     assert consts == [[float(Fraction(v)) for v in row] for row in bt + at]
 
 
-@pytest.mark.parametrize("shape,p", [((1, 35, 13, 10), 1), ((2, 16, 9, 9), 0), ((1, 520, 6, 7), 2)])
-def test_native_winograd_rows_forward(shape, p):
-    algo = algorithms.get_algorithm("native_winograd_rows")
-    x, w, b = _data(shape, (3, 3), torch.float32)
+@pytest.mark.parametrize("name", ["native_winograd_rows", "native_winograd_f2x2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape,p", [((1, 35, 13, 10), 1), ((2, 16, 9, 9), 0), ((1, 520, 6, 7), 2),
+                                     ((1, 16, 4, 3), 1)])   # odd output sizes: partial tiles
+def test_native_winograd_forward(name, dtype, shape, p):
+    algo = algorithms.get_algorithm(name)
+    x, w, b = _data(shape, (3, 3), dtype)
     want = F.conv2d(x.double(), w.double(), b.double(), 1, p, 1, groups=shape[1])
-    y = depthwise_conv2d(x, w, b, 1, p, 1, algorithm="native_winograd_rows")
-    assert ((y.double() - want).abs() <= algo.tolerance(torch.float32) * algorithms.error_scale(x, w, b)).all()
+    bound = algo.tolerance(dtype) * algorithms.error_scale(x, w, b)
+    y = depthwise_conv2d(x, w, b, 1, p, 1, algorithm=name)
+    assert y.dtype == dtype and ((y.double() - want).abs() <= bound).all()
+    fused = algo.run(x, w, b, depthwise_spec("t", x, w, b, 1, p, 1), relu=True)
+    assert ((fused.double() - want.relu()).abs() <= bound).all()
     with pytest.raises(ValueError, match="inference-only"):
-        depthwise_conv2d(x, w.requires_grad_(), b, 1, p, 1, algorithm="native_winograd_rows")
+        depthwise_conv2d(x, w.requires_grad_(), b, 1, p, 1, algorithm=name)

@@ -377,10 +377,11 @@ def explain(input_shape, kernel_size=3, stride=1, padding=0, dilation=1, depth_m
 _NOT_WINOGRAD = dict(kernel_sizes=frozenset({(3, 3)}), strides=frozenset({(1, 1)}),
                      dilations=frozenset({(1, 1)}))
 
-# error_eps: measured maximum normwise error in eps units (tests/test_numerics.py, random
-# shapes, all dtypes) times about 2.5, rounded up; docs/algorithms.md has the measurements.
-# Low-precision inputs run Winograd transforms in float32, so their bound is the output
-# rounding, as for direct.
+# error_eps: measured maximum normwise error in eps units (the conformance suite's shapes,
+# all dtypes) times about 2.5, rounded up; the guide has the measurements. Low-precision
+# inputs run Winograd transforms in float32, so their bound is the output rounding, as for
+# direct. A transform's bound holds for each of its implementations.
+F2X2_EPS = 3
 register(Algorithm(
     "reference", "F.conv2d with groups=C (PyTorch/oneDNN)", _direct.reference, error_eps=2))
 register(Algorithm(
@@ -388,7 +389,7 @@ register(Algorithm(
 register(Algorithm(
     "winograd_f2x2", "2-D Winograd F(2x2,3x3), PyTorch, any device",
     lambda x, w, b, s: _winograd.depthwise_winograd_2d(x, w, b, s, 2), **_NOT_WINOGRAD,
-    error_eps=3))
+    error_eps=F2X2_EPS))
 register(Algorithm(
     "winograd_f4x4", "2-D Winograd F(4x4,3x3), PyTorch, any device",
     lambda x, w, b, s: _winograd.depthwise_winograd_2d(x, w, b, s, 4), **_NOT_WINOGRAD,
@@ -404,6 +405,9 @@ _NATIVE = dict(dtypes=frozenset({torch.float32, torch.bfloat16}), devices=frozen
 register(Algorithm(
     "native", "C++ NHWC direct kernel (AVX-512/AVX2 via -march=native), fwd+bwd, CPU",
     _native_dw.run, **_NATIVE))
+register(Algorithm(
+    "native_winograd_f2x2", "C++ NHWC 2-D Winograd F(2x2,3x3) (16 multiplies per 4 outputs), inference, CPU",
+    _native_dw.run_winograd_f2x2, **_NOT_WINOGRAD, **{**_NATIVE, "error_eps": F2X2_EPS}, differentiable=False))
 register(Algorithm(
     "native_winograd_rows", "C++ NHWC row-wise Winograd F(2,3) (12 multiplies per 2 outputs), inference, CPU",
     _native_dw.run_winograd_rows, **_NOT_WINOGRAD, **_NATIVE, differentiable=False))

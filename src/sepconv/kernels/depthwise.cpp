@@ -374,6 +374,64 @@ void winograd_rows_kernel(const T* x, const float* u, const float* b, T* y, Geom
   });
 }
 
+// 2-D Winograd F(2x2,3x3) for 3x3, stride 1, dilation 1 (inference): each 4x4 input tile d
+// becomes V = B^T d B, is multiplied element-wise by U = G g G^T (precomputed per channel,
+// passed in as float32 (4, 4, C)) and gives the 2x2 outputs A^T (U * V) A: 16 multiplies per
+// 4 outputs instead of 36, for 16 loads and about 56 additions. B^T and A^T are BT23 and
+// AT23 applied along both axes. Threads split the rows of tiles.
+template <typename T>
+void winograd_f2x2_kernel(const T* x, const float* u, const float* b, T* y, Geometry g, bool relu) {
+  const int64_t trows = (g.OH + 1) / 2, tcols = (g.OW + 1) / 2;
+  // B^T along one axis of four vectors (the rows of BT23)
+  auto bt = [](vf& a0, vf& a1, vf& a2, vf& a3) __attribute__((always_inline)) {
+    const vf t0 = a0 - a2, t1 = a1 + a2, t2 = a2 - a1, t3 = a3 - a1;
+    a0 = t0; a1 = t1; a2 = t2; a3 = t3;
+  };
+  at::parallel_for(0, g.N * trows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t n = job / trows, oh = job % trows * 2;
+      const T* xn = x + n * g.H * g.W * g.C;
+      T* yn = y + n * g.OH * g.OW * g.C;
+      for (int64_t cb = 0; cb < g.C; cb += VL) {
+        const int lanes = (int)std::min<int64_t>(VL, g.C - cb);
+        vf uv[16];
+        for (int k = 0; k < 16; ++k) uv[k] = load_lanes(u + k * g.C + cb, lanes);
+        const vf bv = b ? load_lanes(b + cb, lanes) : vf{};
+        for (int64_t tc = 0; tc < tcols; ++tc) {
+          const int64_t ow = tc * 2, ih0 = oh - g.ph, iw0 = ow - g.pw;
+          const bool inside = ih0 >= 0 && ih0 + 3 < g.H && iw0 >= 0 && iw0 + 3 < g.W && lanes == VL;
+          vf d[4][4];
+          for (int r = 0; r < 4; ++r)
+            for (int c = 0; c < 4; ++c) {
+              const int64_t ih = ih0 + r, iw = iw0 + c;
+              const T* p = xn + (ih * g.W + iw) * g.C + cb;
+              d[r][c] = inside ? IO<T>::load(p)
+                               : (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W ? load_lanes(p, lanes) : vf{});
+            }
+          for (int r = 0; r < 4; ++r) bt(d[r][0], d[r][1], d[r][2], d[r][3]);   // B^T along rows
+          for (int c = 0; c < 4; ++c) bt(d[0][c], d[1][c], d[2][c], d[3][c]);   // and columns
+          vf m[4][4];
+          for (int r = 0; r < 4; ++r)
+            for (int c = 0; c < 4; ++c) m[r][c] = d[r][c] * uv[r * 4 + c];
+          vf s0[4], s1[4];                                   // A^T along the first axis
+          for (int c = 0; c < 4; ++c) {
+            s0[c] = m[0][c] + m[1][c] + m[2][c];
+            s1[c] = m[1][c] - m[2][c] + m[3][c];
+          }
+          vf out[2][2] = {{bv + s0[0] + s0[1] + s0[2], bv + s0[1] - s0[2] + s0[3]},
+                          {bv + s1[0] + s1[1] + s1[2], bv + s1[1] - s1[2] + s1[3]}};
+          for (int r = 0; r < 2 && oh + r < g.OH; ++r)
+            for (int c = 0; c < 2 && ow + c < g.OW; ++c) {
+              vf v = out[r][c];
+              if (relu) v = v > 0 ? v : vf{};
+              store_lanes(yn + ((oh + r) * g.OW + ow + c) * g.C + cb, v, lanes);
+            }
+        }
+      }
+    }
+  });
+}
+
 // dx[n, ih, iw, c] = sum over taps (i, j) with ih + ph - i*dh = oh*sh, iw + pw - j*dw = ow*sw
 // of dy[n, oh, ow, c] * w[i, j, c]: a gather, so rows are independent and need no atomics.
 // Input-gradient accumulation for channels [c_begin, c_end) of one input pixel, NV vectors
@@ -814,6 +872,20 @@ at::Tensor winograd_rows_forward(at::Tensor x, at::Tensor u, c10::optional<at::T
   return y;
 }
 
+// x: (N, C, H, W) channels_last; u: float32 (4, 4, C) = G g G^T per channel.
+at::Tensor winograd_f2x2_forward(at::Tensor x, at::Tensor u, c10::optional<at::Tensor> b,
+                                 std::vector<int64_t> padding, bool relu) {
+  check_nhwc(x, "input");
+  at::Tensor bf = bias_f32(b);
+  auto g = geometry(x, 3, 3, {1, 1}, padding, {1, 1});
+  auto y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  u = u.to(at::kFloat).contiguous();
+  DISPATCH(x.scalar_type(), winograd_f2x2_kernel<T>(x.data_ptr<T>(), u.data_ptr<float>(),
+                                                    bf.defined() ? bf.data_ptr<float>() : nullptr,
+                                                    y.data_ptr<T>(), g, relu));
+  return y;
+}
+
 std::vector<std::vector<float>> winograd_f23_constants() {
   std::vector<std::vector<float>> out;
   for (auto& r : BT23) out.emplace_back(r, r + 4);
@@ -823,6 +895,7 @@ std::vector<std::vector<float>> winograd_f23_constants() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("winograd_rows_forward", &winograd_rows_forward, "row-wise Winograd F(2,3) depthwise 3x3, NHWC, inference");
+  m.def("winograd_f2x2_forward", &winograd_f2x2_forward, "2-D Winograd F(2x2,3x3) depthwise 3x3, NHWC, inference");
   m.def("winograd_f23_constants", &winograd_f23_constants, "the B^T (4 rows) and A^T (2 rows) the kernel uses");
   m.def("forward", &forward, "depthwise forward, NHWC (optionally fused ReLU)");
   m.def("grad_input", &grad_input, "depthwise input gradient, NHWC");

@@ -56,10 +56,22 @@ def run(x, weight, bias, spec: ConvSpec, relu: bool = False):
 def run_winograd_rows(x, weight, bias, spec: ConvSpec, relu: bool = False):
     """Depthwise 3x3 (stride 1, dilation 1, multiplier 1) by the native row-wise F(2,3)
     kernel, inference only; output in x's memory format."""
+    return _winograd(x, weight, bias, spec, relu, "winograd_rows_forward", two_d=False)
+
+
+def run_winograd_f2x2(x, weight, bias, spec: ConvSpec, relu: bool = False):
+    """Depthwise 3x3 (stride 1, dilation 1, multiplier 1) by the native 2-D F(2x2,3x3)
+    kernel, inference only; output in x's memory format."""
+    return _winograd(x, weight, bias, spec, relu, "winograd_f2x2_forward", two_d=True)
+
+
+def _winograd(x, weight, bias, spec, relu, kernel, two_d):
     from ..functional.winograd import matrices
 
     _, g, _ = matrices(2, torch.float32, "cpu")
-    u = (weight[:, 0].float() @ g.t()).permute(1, 2, 0).contiguous()     # (3, 4, C)
+    w = weight[:, 0].float()
+    # U = G g G^T per channel as (4, 4, C), or G applied to each kernel row as (3, 4, C)
+    u = (g @ w @ g.t() if two_d else w @ g.t()).permute(1, 2, 0).contiguous()
     xl = x.contiguous(memory_format=torch.channels_last)
-    y = load("depthwise").winograd_rows_forward(xl, u, bias, spec.padding, relu)
+    y = getattr(load("depthwise"), kernel)(xl, u, bias, spec.padding, relu)
     return y if spec.layout == "nhwc" else y.contiguous()
