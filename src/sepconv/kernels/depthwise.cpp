@@ -858,32 +858,35 @@ std::vector<at::Tensor> grad_weight(at::Tensor x, at::Tensor dy, int64_t kh, int
   return {dw, db};
 }
 
-// x: (N, C, H, W) channels_last; u: float32 (3, 4, C) = G applied to each kernel row.
-at::Tensor winograd_rows_forward(at::Tensor x, at::Tensor u, c10::optional<at::Tensor> b,
-                                 std::vector<int64_t> padding, bool relu) {
+// Shared host side of the Winograd kernels (3x3, stride 1, dilation 1): x is (N, C, H, W)
+// channels_last, u the transformed weights in float32 in the layout the kernel reads.
+template <typename Launch>
+at::Tensor winograd_host(at::Tensor x, at::Tensor u, const c10::optional<at::Tensor>& b,
+                         std::vector<int64_t> padding, Launch launch) {
   check_nhwc(x, "input");
   at::Tensor bf = bias_f32(b);
   auto g = geometry(x, 3, 3, {1, 1}, padding, {1, 1});
   auto y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   u = u.to(at::kFloat).contiguous();
-  DISPATCH(x.scalar_type(), winograd_rows_kernel<T>(x.data_ptr<T>(), u.data_ptr<float>(),
-                                                    bf.defined() ? bf.data_ptr<float>() : nullptr,
-                                                    y.data_ptr<T>(), g, relu));
+  const float* bp = bf.defined() ? bf.data_ptr<float>() : nullptr;
+  DISPATCH(x.scalar_type(), launch(x.data_ptr<T>(), u.data_ptr<float>(), bp, y.data_ptr<T>(), g));
   return y;
 }
 
-// x: (N, C, H, W) channels_last; u: float32 (4, 4, C) = G g G^T per channel.
+// u: (3, 4, C) = G applied to each kernel row.
+at::Tensor winograd_rows_forward(at::Tensor x, at::Tensor u, c10::optional<at::Tensor> b,
+                                 std::vector<int64_t> padding, bool relu) {
+  return winograd_host(x, u, b, padding, [relu](auto xp, const float* up, const float* bp, auto yp, Geometry g) {
+    winograd_rows_kernel(xp, up, bp, yp, g, relu);
+  });
+}
+
+// u: (4, 4, C) = G g G^T per channel.
 at::Tensor winograd_f2x2_forward(at::Tensor x, at::Tensor u, c10::optional<at::Tensor> b,
                                  std::vector<int64_t> padding, bool relu) {
-  check_nhwc(x, "input");
-  at::Tensor bf = bias_f32(b);
-  auto g = geometry(x, 3, 3, {1, 1}, padding, {1, 1});
-  auto y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  u = u.to(at::kFloat).contiguous();
-  DISPATCH(x.scalar_type(), winograd_f2x2_kernel<T>(x.data_ptr<T>(), u.data_ptr<float>(),
-                                                    bf.defined() ? bf.data_ptr<float>() : nullptr,
-                                                    y.data_ptr<T>(), g, relu));
-  return y;
+  return winograd_host(x, u, b, padding, [relu](auto xp, const float* up, const float* bp, auto yp, Geometry g) {
+    winograd_f2x2_kernel(xp, up, bp, yp, g, relu);
+  });
 }
 
 std::vector<std::vector<float>> winograd_f23_constants() {
