@@ -1,5 +1,6 @@
 """Dense (groups=1) 3x3 convolution: sepconv.winograd_conv2d (F(2x2), F(4x4), F(6x6), PyTorch
-level, any device) against oneDNN's convolution (NCHW and channels_last), on VGG/ResNet-like
+level, any device; and F(4x4) with its filters transformed once, ahead of the calls) against
+oneDNN's convolution (NCHW and channels_last), on VGG/ResNet-like
 shapes at batch 1 and 8; medians of interleaved rounds, 2 threads, and each output's max
 error against float64 relative to the largest output.
 
@@ -20,11 +21,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from sepconv.bench.harness import Candidate, compare, steady_allocator  # noqa: E402
-from sepconv.functional.winograd import winograd_conv2d  # noqa: E402
+from sepconv.functional.winograd import winograd_conv2d, winograd_filters  # noqa: E402
 
 # (batch, in_channels, out_channels, size)
 SHAPES = [(1, 64, 64, 56), (1, 128, 128, 28), (1, 256, 256, 14), (1, 512, 512, 14),
-          (8, 64, 64, 56), (8, 128, 128, 28), (8, 256, 256, 14)]
+          (8, 64, 64, 56), (8, 128, 128, 28), (8, 256, 256, 14), (8, 512, 512, 14)]
 TILES = (2, 4, 6)
 
 
@@ -41,6 +42,9 @@ def bench(rounds: int) -> list[dict]:
                  "onednn_channels_last": lambda: F.conv2d(xc, wc, padding=1)}
         for t in TILES:
             peers[f"winograd_f{t}x{t}"] = lambda t=t: winograd_conv2d(x, w, padding=1, tile=t)
+        # the filters transformed once, as an inference caller holding the weight would
+        u4 = winograd_filters(w, 4)
+        peers["winograd_f4x4_kept_filters"] = lambda: winograd_conv2d(x, w, padding=1, tile=4, filters=u4)
         with torch.no_grad():
             errors = {name: ((fn().double() - ref).abs().max() / ref.abs().max()).item() for name, fn in peers.items()}
             results = compare([Candidate(name, fn) for name, fn in peers.items()], rounds=rounds, budget_s=10)

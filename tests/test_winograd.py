@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sepconv.functional.winograd import transforms, winograd_conv2d
+from sepconv.functional.winograd import transforms, winograd_conv2d, winograd_filters
 
 
 @pytest.mark.parametrize("m", [2, 4, 6])
@@ -42,6 +42,20 @@ def test_dense_winograd_matches_conv2d(tile, shape, padding):
     scale = x.abs().max().double() * w.double().abs().sum(dim=(1, 2, 3)).view(1, -1, 1, 1) + b.double().abs().view(1, -1, 1, 1)
     eps = torch.finfo(torch.float32).eps
     assert ((got.double() - want).abs() <= (4 if tile == 2 else 24) * eps * scale).all()
+
+
+@pytest.mark.parametrize("tile", [2, 4, 6])
+def test_dense_winograd_with_precomputed_filters(tile):
+    g = torch.Generator().manual_seed(1)
+    x, w, b = torch.randn(2, 6, 9, 10, generator=g), torch.randn(5, 6, 3, 3, generator=g), torch.randn(5, generator=g)
+    filters = winograd_filters(w, tile)
+    assert filters.shape == ((tile + 2) ** 2, 5, 6)
+    # the same arithmetic, only done ahead of the call: identical results
+    assert torch.equal(winograd_conv2d(x, w, b, tile=tile, filters=filters), winograd_conv2d(x, w, b, tile=tile))
+    with pytest.raises(ValueError, match=r"`filters` must be winograd_filters\(weight, tile=2\), of shape \(16, 5, 6\)"):
+        winograd_conv2d(x, w, b, tile=2, filters=winograd_filters(w, 4))
+    with pytest.raises(ValueError, match=r"winograd_filters: `weight` must have shape \(out_channels, in_channels, 3, 3\)"):
+        winograd_filters(torch.randn(5, 6, 5, 5))
 
 
 def test_dense_winograd_gradcheck_and_errors():

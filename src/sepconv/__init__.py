@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 from . import algorithms, functional
 from .algorithms import explain, list_algorithms
-from .functional import depthwise_conv2d, depthwise_separable_conv2d, winograd_conv2d
+from .functional import depthwise_conv2d, depthwise_separable_conv2d, winograd_conv2d, winograd_filters
 from .layers import DepthwiseConv2d, DepthwiseSeparableConv2d
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "depthwise_conv2d",
     "depthwise_separable_conv2d",
     "winograd_conv2d",
+    "winograd_filters",
     "DepthwiseConv2d",
     "DepthwiseSeparableConv2d",
 ]

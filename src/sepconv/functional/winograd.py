@@ -154,7 +154,31 @@ def depthwise_winograd_rows(x, weight, bias, spec: ConvSpec):
     return y.to(out_dtype).contiguous(memory_format=memory_format_of(spec))
 
 
-def winograd_conv2d(x, weight, bias=None, padding=1, tile: int = 2):
+def winograd_filters(weight, tile: int = 2):
+    """The Winograd-domain filters U = G g G^T of a dense 3x3 weight, laid out for
+    :func:`winograd_conv2d`'s ``filters`` argument: (tile+2)**2 x K x C.
+
+    Computing U costs a GEMM over all K*C filters (with an inner dimension of 9); an inference
+    caller that reuses the weight computes it once. Example:
+
+        >>> w = torch.randn(16, 8, 3, 3)
+        >>> winograd_filters(w, tile=4).shape
+        torch.Size([36, 16, 8])
+    """
+    from .._validation import fail, tensor
+
+    tensor("winograd_filters", "weight", weight, (4,))
+    if tuple(weight.shape[2:]) != (3, 3):
+        fail("winograd_filters", "`weight` must have shape (out_channels, in_channels, 3, 3).",
+             f"weight.shape={tuple(weight.shape)}")
+    if tile not in POINTS:
+        fail("winograd_filters", f"`tile` must be one of {sorted(POINTS)}.", f"tile={tile!r}")
+    _, g, _ = matrices(tile, weight.dtype, weight.device)
+    k, c, n = weight.shape[0], weight.shape[1], tile + 2
+    return (torch.kron(g, g) @ weight.to(g.dtype).reshape(k * c, 9).t()).view(n * n, k, c)
+
+
+def winograd_conv2d(x, weight, bias=None, padding=1, tile: int = 2, filters=None):
     """Dense (groups=1) 3x3 convolution, stride 1, dilation 1, by 2-D Winograd F(tile, 3).
 
     The input transform is shared by all K filters and the filter transform by all tiles; the
@@ -162,6 +186,8 @@ def winograd_conv2d(x, weight, bias=None, padding=1, tile: int = 2):
 
     Args:
         x: (N, C, H, W). weight: (K, C, 3, 3). bias: (K,) or None. padding: int or pair.
+        filters: optional ``winograd_filters(weight, tile)``, computed once by the caller to
+            skip the per-call filter transform (inference). It must come from this weight.
     Returns:
         (N, K, H + 2p - 2, W + 2p - 2).
 
@@ -180,6 +206,10 @@ def winograd_conv2d(x, weight, bias=None, padding=1, tile: int = 2):
              f"weight.shape={tuple(weight.shape)}")
     if tile not in POINTS:
         fail(owner, f"`tile` must be one of {sorted(POINTS)}.", f"tile={tile!r}")
+    want = ((tile + 2) ** 2, weight.shape[0], x.shape[1])
+    if filters is not None and tuple(filters.shape) != want:
+        fail(owner, f"`filters` must be winograd_filters(weight, tile={tile}), of shape {want}.",
+             f"filters.shape={tuple(filters.shape)}")
     ph, pw = pair(owner, "padding", padding)
     out_dtype, memory_format = x.dtype, (
         torch.channels_last if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
@@ -198,7 +228,7 @@ def winograd_conv2d(x, weight, bias=None, padding=1, tile: int = 2):
     # (computed frequency-major, so that bmm gets contiguous operands and copies nothing)
     v = (torch.kron(bt, bt) @ tiles.reshape(-1, n * n).t()).reshape(n * n, nb, c, th * tw)
     v = v.transpose(1, 2).reshape(n * n, c, nb * th * tw)
-    u = (torch.kron(g, g) @ weight.to(at.dtype).reshape(k * c, 9).t()).view(n * n, k, c)
+    u = winograd_filters(weight, tile) if filters is None else filters.to(at.dtype)
     prod = torch.bmm(u, v)                                              # (n*n, K, N*th*tw)
     y = prod.permute(1, 2, 0).reshape(-1, n * n) @ torch.kron(at, at).t()   # (K*N*th*tw, m*m)
     y = _untile(y.reshape(k, nb, th, tw, m, m).transpose(0, 1), oh, ow)
