@@ -1,7 +1,8 @@
 """The native C++ kernel: forward, fused ReLU and both gradients against float64, over the
-shapes that select its different code paths (register blocks and the shifted last block,
-borders, channel tails, half blocks for rows under 8, padded planes for C >= 512 at stride 1,
-column pairs of the stride-2 input gradient, compile-time 3x3/5x5 against the generic loop)."""
+shapes that select its different code paths (register blocks of one or two rows and the
+shifted last block, borders, channel tails, half blocks for rows under 8, padded planes for
+C >= 512 at stride 1, column pairs of the stride-2 input gradient, compile-time 3x3/5x5
+against the generic loop)."""
 
 import os
 
@@ -26,6 +27,7 @@ NATIVE = algorithms.get_algorithm("native")
 # (N, C, H, W), kernel, stride, padding, dilation
 CASES = [
     ((2, 16, 12, 20), (3, 3), 1, 1, 1),      # register blocks of 8 + borders
+    ((3, 16, 5, 9), (3, 3), 1, 1, 1),        # two-row blocks, odd row counts per image/thread
     ((1, 33, 9, 11), (3, 3), 2, 1, 1),       # channel tail (33 = 2*16 + 1), stride 2
     ((1, 7, 6, 5), (3, 3), 1, 0, 1),         # fewer than 16 channels, no padding
     ((1, 520, 5, 6), (3, 3), 1, 1, 1),       # wide, with a tail of 8 channels: no planes
