@@ -337,33 +337,50 @@ void forward_plane_kernel(const T* x, const float* w, const float* b, T* y, Geom
       for (int t = 0; t < KH * KW; ++t) wv[t] = loadf(w + t * g.C + cb);
       const vf bv = b ? loadf(b + cb) : vf{};
       T* yn = y + n * g.OH * g.OW * g.C + cb;
-      auto block = [&](int oh, int ow, auto ob) __attribute__((always_inline)) {
-        constexpr int OBK = decltype(ob)::value;
+      // R output rows (1 or 2) x OBK outputs: the KH + (R - 1) * S input rows are read once
+      // for all R rows, as in the row kernel.
+      auto block = [&](int oh, int ow, auto ob, auto rr) __attribute__((always_inline)) {
+        constexpr int OBK = decltype(ob)::value, R = decltype(rr)::value;
         constexpr int NX = (OBK - 1) * S + KW;
-        vf acc[OBK];
+        vf acc[R][OBK];
 #pragma GCC unroll 8
-        for (int o = 0; o < OBK; ++o) acc[o] = bv;
-#pragma GCC unroll 5
-        for (int i = 0; i < KH; ++i) {
-          const vf* xr = buf.data() + (oh * S + i) * PW + ow * S;
+        for (int o = 0; o < OBK; ++o)
+          for (int k = 0; k < R; ++k) acc[k][o] = bv;
+#pragma GCC unroll 6
+        for (int r = 0; r < KH + (R - 1) * S; ++r) {
+          const vf* xr = buf.data() + (oh * S + r) * PW + ow * S;
           vf xv[NX];
 #pragma GCC unroll 32
           for (int q = 0; q < NX; ++q) xv[q] = xr[q];
+#pragma GCC unroll 2
+          for (int k = 0; k < R; ++k) {
+            const int i = r - k * S;
+            if (i < 0 || i >= KH) continue;
 #pragma GCC unroll 5
-          for (int j = 0; j < KW; ++j)
+            for (int j = 0; j < KW; ++j)
 #pragma GCC unroll 8
-            for (int o = 0; o < OBK; ++o) acc[o] += xv[o * S + j] * wv[i * KW + j];
+              for (int o = 0; o < OBK; ++o) acc[k][o] += xv[o * S + j] * wv[i * KW + j];
+          }
         }
 #pragma GCC unroll 8
-        for (int o = 0; o < OBK; ++o) {
-          if (relu) acc[o] = acc[o] > 0 ? acc[o] : vf{};
-          IO<T>::store(yn + (oh * g.OW + ow + o) * g.C, acc[o]);
-        }
+        for (int o = 0; o < OBK; ++o)
+          for (int k = 0; k < R; ++k) {
+            if (relu) acc[k][o] = acc[k][o] > 0 ? acc[k][o] : vf{};
+            IO<T>::store(yn + ((oh + k) * g.OW + ow + o) * g.C, acc[k][o]);
+          }
       };
+      using One = std::integral_constant<int, 1>;
+      using Two = std::integral_constant<int, 2>;
       auto rows = [&](auto ob) __attribute__((always_inline)) {
         constexpr int OBK = decltype(ob)::value;
-        for (int oh = 0; oh < g.OH; ++oh)
-          for (int ow = 0; ow < g.OW; ow += OBK) block(oh, std::min(ow, (int)g.OW - OBK), ob);
+        int oh = 0;
+        if constexpr (OBK >= 4) {   // pairs of rows, in blocks of 4 (registers: 2 x 4 + KH*KW + a row)
+          using Four = std::integral_constant<int, 4>;
+          for (; oh + 1 < g.OH; oh += 2)
+            for (int ow = 0; ow < g.OW; ow += 4) block(oh, std::min(ow, (int)g.OW - 4), Four{}, Two{});
+        }
+        for (; oh < g.OH; ++oh)
+          for (int ow = 0; ow < g.OW; ow += OBK) block(oh, std::min(ow, (int)g.OW - OBK), ob, One{});
       };
       if (g.OW >= OB) rows(std::integral_constant<int, OB>{});
       else if (g.OW >= 4) rows(std::integral_constant<int, 4>{});
