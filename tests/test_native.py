@@ -28,6 +28,7 @@ NATIVE = algorithms.get_algorithm("native")
 CASES = [
     ((2, 16, 12, 20), (3, 3), 1, 1, 1),      # register blocks of 8 + borders
     ((3, 16, 5, 9), (3, 3), 1, 1, 1),        # two-row blocks, odd row counts per image/thread
+    ((2, 32, 9, 13), (3, 3), 2, 1, 1),       # two-row blocks at stride 2, odd row count
     ((1, 33, 9, 11), (3, 3), 2, 1, 1),       # channel tail (33 = 2*16 + 1), stride 2
     ((1, 7, 6, 5), (3, 3), 1, 0, 1),         # fewer than 16 channels, no padding
     ((1, 520, 5, 6), (3, 3), 1, 1, 1),       # wide, with a tail of 8 channels: no planes
