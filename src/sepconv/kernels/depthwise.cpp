@@ -619,27 +619,34 @@ inline void store_grads(const float* acc, float* dw, float* db, const Geometry& 
   if (db) std::copy(acc + taps * g.C, acc + (taps + 1) * g.C, db);
 }
 
-// Weight-gradient accumulation over OB consecutive output columns of one row: each input
-// vector loaded is used by every tap that reads it (up to KW of them), so a block of OB
-// outputs needs OB + KH * NX loads for OB * KH * KW FMAs, not 1 + KH * KW loads per output.
-// dy(o) loads dy at block column o; x(i, q) loads kernel row i's input at block column q
-// (q counts input columns from the block's first tap); row_ok(i) says kernel row i is inside.
-template <int KH, int KW, int S, int OB, typename DY, typename X, typename OK>
+// Weight-gradient accumulation over OB consecutive output columns of R output rows (1 or
+// 2): each input vector loaded is used by every tap that reads it, in both rows, so a block
+// needs R * OB + (KH + (R - 1) * S) * NX loads for R * OB * KH * KW FMAs, not 1 + KH * KW
+// loads per output. dy(k, o) loads row k's dy at block column o; x(r, q) loads input row r
+// (output row k reads input row i + k * S for kernel row i) at block column q (counted from
+// the block's first tap); row_ok(r) says input row r is inside the image.
+template <int KH, int KW, int S, int OB, int R, typename DY, typename X, typename OK>
 inline __attribute__((always_inline)) void dw_accumulate(vf* acc, vf& sum, DY dy, X x, OK row_ok) {
   constexpr int NX = (OB - 1) * S + KW;
-  vf d[OB];
+  vf d[R][OB];
 #pragma GCC unroll 8
-  for (int o = 0; o < OB; ++o) { d[o] = dy(o); sum += d[o]; }
-#pragma GCC unroll 5
-  for (int i = 0; i < KH; ++i) {
-    if (!row_ok(i)) continue;
+  for (int o = 0; o < OB; ++o)
+    for (int k = 0; k < R; ++k) { d[k][o] = dy(k, o); sum += d[k][o]; }
+#pragma GCC unroll 7
+  for (int r = 0; r < KH + (R - 1) * S; ++r) {
+    if (!row_ok(r)) continue;
     vf xv[NX];
 #pragma GCC unroll 16
-    for (int q = 0; q < NX; ++q) xv[q] = x(i, q);
+    for (int q = 0; q < NX; ++q) xv[q] = x(r, q);
+#pragma GCC unroll 2
+    for (int k = 0; k < R; ++k) {
+      const int i = r - k * S;
+      if (i < 0 || i >= KH) continue;
 #pragma GCC unroll 5
-    for (int j = 0; j < KW; ++j)
+      for (int j = 0; j < KW; ++j)
 #pragma GCC unroll 8
-      for (int o = 0; o < OB; ++o) acc[i * KW + j] += d[o] * xv[o * S + j];
+        for (int o = 0; o < OB; ++o) acc[i * KW + j] += d[k][o] * xv[o * S + j];
+    }
   }
 }
 
@@ -672,51 +679,66 @@ void grad_weight_kernel(const T* x, const T* dy, float* dw, float* db, Geometry 
     if constexpr (KH > 0) {
       if (lanes == VL) {
         vf acc[KH * KW] = {}, sum{};
-        for (int64_t row = row_begin; row < row_end; ++row) {
+        // One output row, or two (stride 1 or 2, no dilation) that share their input rows.
+        for (int64_t row = row_begin, step = 1; row < row_end; row += step) {
           const int64_t n = row / g.OH, oh = row % g.OH;
+          const bool pair = g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2) && row + 1 < row_end &&
+                            oh + 1 < g.OH && hi > lo;
+          step = pair ? 2 : 1;
           const T* xn = x + n * g.H * g.W * g.C;
           const T* dyr = dy + row * g.OW * g.C;
-          bool row_ok[KH];
-          const T* xr[KH];
-          for (int i = 0; i < KH; ++i) {
-            const int ih = oh * g.sh - g.ph + i * g.dh;
-            row_ok[i] = ih >= 0 && ih < g.H;
-            xr[i] = xn + (row_ok[i] ? ih : 0) * g.W * g.C + cb;
+          // input rows r = 0 .. KH (+ sh for a pair) - 1; the second row's kernel row i is r = i + sh
+          bool row_ok[KH + 2];
+          const T* xr[KH + 2];
+          for (int r = 0; r < KH + (pair ? g.sh : 0); ++r) {
+            const int ih = oh * g.sh - g.ph + r * g.dh;
+            row_ok[r] = ih >= 0 && ih < g.H;
+            xr[r] = xn + (row_ok[r] ? ih : 0) * g.W * g.C + cb;
           }
-          auto columns = [&](int ow_begin, int ow_end, auto edge) __attribute__((always_inline)) {
+          auto columns = [&](int ow_begin, int ow_end, auto edge, const bool* ok, const T* const* xrp,
+                             const T* dyrp) __attribute__((always_inline)) {
             for (int ow = ow_begin; ow < ow_end; ++ow) {
-              const vf d = IO<T>::load(dyr + ow * g.C + cb);
+              const vf d = IO<T>::load(dyrp + ow * g.C + cb);
               sum += d;
               const int iw0 = ow * g.sw - g.pw;
 #pragma GCC unroll 5
               for (int i = 0; i < KH; ++i) {
-                if (!row_ok[i]) continue;
+                if (!ok[i]) continue;
 #pragma GCC unroll 5
                 for (int j = 0; j < KW; ++j) {
                   const int iw = iw0 + j * g.dw;
                   if (decltype(edge)::value && (iw < 0 || iw >= g.W)) continue;
-                  acc[i * KW + j] += d * IO<T>::load(xr[i] + iw * g.C);
+                  acc[i * KW + j] += d * IO<T>::load(xrp[i] + iw * g.C);
                 }
               }
             }
           };
-          columns(0, std::min(lo, (int)g.OW), std::true_type{});
+          // the same column range for each row of the step
+          auto each_row = [&](int ow_begin, int ow_end, auto edge) __attribute__((always_inline)) {
+            columns(ow_begin, ow_end, edge, row_ok, xr, dyr);
+            if (pair) columns(ow_begin, ow_end, edge, row_ok + g.sh, xr + g.sh, dyr + g.OW * g.C);
+          };
+          each_row(0, std::min(lo, (int)g.OW), std::true_type{});
           int ow = lo;
           if (g.dw == 1 && (g.sw == 1 || g.sw == 2)) {
-            auto run_blocks = [&](auto s) __attribute__((always_inline)) {
-              constexpr int S = decltype(s)::value;
+            auto run_blocks = [&](auto s, auto rr) __attribute__((always_inline)) {
+              constexpr int S = decltype(s)::value, R = decltype(rr)::value;
               constexpr int OB = dw_ob(KH * KW);
               for (; ow + OB <= hi; ow += OB)
-                dw_accumulate<KH, KW, S, OB>(
-                    acc, sum, [&](int o) { return IO<T>::load(dyr + (ow + o) * g.C + cb); },
-                    [&](int i, int q) { return IO<T>::load(xr[i] + (ow * S - g.pw + q) * g.C); },
-                    [&](int i) { return row_ok[i]; });
+                dw_accumulate<KH, KW, S, OB, R>(
+                    acc, sum, [&](int k, int o) { return IO<T>::load(dyr + (k * g.OW + ow + o) * g.C + cb); },
+                    [&](int r, int q) { return IO<T>::load(xr[r] + (ow * S - g.pw + q) * g.C); },
+                    [&](int r) { return row_ok[r]; });
             };
-            if (g.sw == 1) run_blocks(std::integral_constant<int, 1>{});
-            else run_blocks(std::integral_constant<int, 2>{});
+            using One = std::integral_constant<int, 1>;
+            using Two = std::integral_constant<int, 2>;
+            if (g.sw == 1 && pair) run_blocks(One{}, Two{});
+            else if (g.sw == 1) run_blocks(One{}, One{});
+            else if (pair) run_blocks(Two{}, Two{});
+            else run_blocks(Two{}, One{});
           }
-          if (hi > ow) columns(ow, hi, std::false_type{});
-          columns(std::max(hi, lo), g.OW, std::true_type{});
+          if (hi > ow) each_row(ow, hi, std::false_type{});
+          each_row(std::max(hi, lo), g.OW, std::true_type{});
         }
         for (int t = 0; t < KH * KW; ++t) {
           float* a = acc_out + t * g.C + cb;
@@ -788,8 +810,8 @@ void grad_weight_plane_kernel(const T* x, const T* dy, float* dw, float* db, Geo
             constexpr int OB = decltype(ob)::value;
             for (; ow + OB <= g.OW; ow += OB) {
               const vf* xr = buf.data() + oh * S * PW + ow * S;
-              dw_accumulate<KH, KW, S, OB>(
-                  acc, sum, [&](int o) { return IO<T>::load(dyn + (oh * g.OW + ow + o) * g.C); },
+              dw_accumulate<KH, KW, S, OB, 1>(
+                  acc, sum, [&](int, int o) { return IO<T>::load(dyn + (oh * g.OW + ow + o) * g.C); },
                   [&](int i, int q) { return xr[i * PW + q]; }, [](int) { return true; });
             }
           };
