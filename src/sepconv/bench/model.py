@@ -61,7 +61,7 @@ def runners(model, x, include=None, threads=None):
         opts.inter_op_num_threads = 1
         # ORT's idle workers spin after each run; in one process they take the cores from
         # whichever peer runs next (measured: eager 13.6 -> 26.5 ms beside a spinning ORT).
-        # ORT itself measured 8.1-9.9 ms without spinning against 10.7-13.0 ms with it in the
+        # ORT itself measured 8.1-10.4 ms without spinning against 10.7-13.0 ms with it in the
         # same benchmark.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
