@@ -98,6 +98,31 @@ inline void interior(const Geometry& g, int& lo, int& hi) {
   while (hi > lo && (hi - 1) * g.sw - g.pw + (g.kw - 1) * g.dw >= g.W) --hi;
 }
 
+// Forward accumulation of a register block: R output rows (1 or 2) x OB outputs. The
+// KH + (R - 1) * S input rows it reads are loaded once for all its rows (output row k reads
+// input row i + k * S for kernel row i; no dilation along rows). x(r, q) loads input row r at
+// block column q, counted from the block's first tap; row_ok(r) says input row r is inside.
+template <int KH, int KW, int S, int DW, int OB, int R, typename X, typename OK>
+inline __attribute__((always_inline)) void fwd_accumulate(vf (&acc)[R][OB], const vf* wv, X x, OK row_ok) {
+  constexpr int NX = (OB - 1) * S + (KW - 1) * DW + 1;
+#pragma GCC unroll 7
+  for (int r = 0; r < KH + (R - 1) * S; ++r) {
+    if (!row_ok(r)) continue;
+    vf xv[NX];
+#pragma GCC unroll 32
+    for (int q = 0; q < NX; ++q) xv[q] = x(r, q);
+#pragma GCC unroll 2
+    for (int k = 0; k < R; ++k) {
+      const int i = r - k * S;
+      if (i < 0 || i >= KH) continue;
+#pragma GCC unroll 5
+      for (int j = 0; j < KW; ++j)
+#pragma GCC unroll 8
+        for (int o = 0; o < OB; ++o) acc[k][o] += xv[o * S + j * DW] * wv[i * KW + j];
+    }
+  }
+}
+
 // Forward by rows. Output rows are split over threads. With a compile-time kernel (KH, KW,
 // SW, DW > 0), channel blocks of 16 are the outer loop of a row so that one block's KH*KW
 // weight vectors stay in registers across it, and register blocks of OB outputs, sharing
@@ -203,90 +228,49 @@ void forward_kernel(const T* x, const float* w, const float* b, T* y, Geometry g
 #pragma GCC unroll 25
             for (int t = 0; t < KH * KW; ++t) wv[t] = loadf(w + t * g.C + cb);
             const vf bv = b ? loadf(b + cb) : vf{};
-            // Blocks of OBK outputs cover the row; the last one is shifted left to end at
-            // OW (recomputing a few outputs) so that no output takes the per-pixel path.
-            // Blocks touching the padding test each input column they load.
-            auto block = [&](int ow, auto edge, auto ob) __attribute__((always_inline)) {
-              constexpr int OBK = decltype(ob)::value;
-              constexpr int NX = (OBK - 1) * SW + (KW - 1) * DW + 1;
-              vf acc[OBK];
+            // Blocks of R rows (1 or 2) x OBK outputs cover the row; the last one is shifted
+            // left to end at OW (recomputing a few outputs) so that no output takes the
+            // per-pixel path. Blocks touching the padding test each input column they load.
+            // The KH + (R - 1) * SW input rows of a block are loaded once for all its rows
+            // (this path has no dilation: output row k reads input row i + k * SW).
+            auto block = [&](int ow, auto edge, auto ob, auto rr) __attribute__((always_inline)) {
+              constexpr int OBK = decltype(ob)::value, R = decltype(rr)::value;
+              vf acc[R][OBK];
 #pragma GCC unroll 8
-              for (int o = 0; o < OBK; ++o) acc[o] = bv;
+              for (int o = 0; o < OBK; ++o)
+                for (int k = 0; k < R; ++k) acc[k][o] = bv;
               const int iw0 = ow * SW - g.pw;
-#pragma GCC unroll 5
-              for (int i = 0; i < KH; ++i) {
-                const int ih = ih0 + i * g.dh;
-                if (ih < 0 || ih >= g.H) continue;
-                const T* xr = xn + ih * g.W * g.C + cb + iw0 * g.C;
-                vf xv[NX];
-#pragma GCC unroll 32
-                for (int q = 0; q < NX; ++q)
-                  xv[q] = (!decltype(edge)::value || (iw0 + q >= 0 && iw0 + q < g.W)) ? IO<T>::load(xr + q * g.C) : vf{};
-#pragma GCC unroll 5
-                for (int j = 0; j < KW; ++j)
+              const T* base = xn + ((int64_t)ih0 * g.W + iw0) * g.C + cb;   // (row ih0, column iw0)
+              const int64_t row_step = g.W * g.C;
+              fwd_accumulate<KH, KW, SW, DW, OBK, R>(
+                  acc, wv,
+                  [&](int r, int q) {
+                    const bool in = !decltype(edge)::value || (iw0 + q >= 0 && iw0 + q < g.W);
+                    return in ? IO<T>::load(base + r * row_step + q * g.C) : vf{};
+                  },
+                  [&](int r) { return ih0 + r >= 0 && ih0 + r < g.H; });
 #pragma GCC unroll 8
-                  for (int o = 0; o < OBK; ++o) acc[o] += xv[o * SW + j * DW] * wv[i * KW + j];
-              }
-#pragma GCC unroll 8
-              for (int o = 0; o < OBK; ++o) {
-                if (relu) acc[o] = acc[o] > 0 ? acc[o] : vf{};
-                stream_store(yr + (ow + o) * g.C + cb, acc[o], nt);
-              }
+              for (int o = 0; o < OBK; ++o)
+                for (int k = 0; k < R; ++k) {
+                  if (relu) acc[k][o] = acc[k][o] > 0 ? acc[k][o] : vf{};
+                  stream_store(yr + (k * g.OW + ow + o) * g.C + cb, acc[k][o], nt);
+                }
             };
-            // Two output rows: KH + SW input rows, each loaded once for both.
-            auto block2 = [&](int ow, auto edge, auto ob) __attribute__((always_inline)) {
-              constexpr int OBK = decltype(ob)::value;
-              constexpr int NX = (OBK - 1) * SW + (KW - 1) * DW + 1;
-              vf a0[OBK], a1[OBK];
-#pragma GCC unroll 8
-              for (int o = 0; o < OBK; ++o) a0[o] = a1[o] = bv;
-              const int iw0 = ow * SW - g.pw;
-#pragma GCC unroll 7
-              for (int r = 0; r < KH + SW; ++r) {
-                const int ih = ih0 + r;
-                if (ih < 0 || ih >= g.H) continue;
-                const T* xr = xn + ih * g.W * g.C + cb + iw0 * g.C;
-                vf xv[NX];
-#pragma GCC unroll 32
-                for (int q = 0; q < NX; ++q)
-                  xv[q] = (!decltype(edge)::value || (iw0 + q >= 0 && iw0 + q < g.W)) ? IO<T>::load(xr + q * g.C) : vf{};
-#pragma GCC unroll 5
-                for (int j = 0; j < KW; ++j)
-#pragma GCC unroll 8
-                  for (int o = 0; o < OBK; ++o) {
-                    if (r < KH) a0[o] += xv[o * SW + j * DW] * wv[r * KW + j];
-                    if (r >= SW && r - SW < KH) a1[o] += xv[o * SW + j * DW] * wv[(r - SW) * KW + j];
-                  }
-              }
-#pragma GCC unroll 8
-              for (int o = 0; o < OBK; ++o) {
-                if (relu) { a0[o] = a0[o] > 0 ? a0[o] : vf{}; a1[o] = a1[o] > 0 ? a1[o] : vf{}; }
-                stream_store(yr + (ow + o) * g.C + cb, a0[o], nt);
-                stream_store(yr + (g.OW + ow + o) * g.C + cb, a1[o], nt);
-              }
-            };
-            auto row = [&](auto ob) __attribute__((always_inline)) {
+            auto row = [&](auto ob, auto rr) __attribute__((always_inline)) {
               constexpr int OBK = decltype(ob)::value;
               for (int ow = 0; ow < g.OW; ow += OBK) {
                 const int o = std::min(ow, (int)g.OW - OBK);
-                if (o >= lo && o + OBK <= hi) block(o, std::false_type{}, ob);
-                else block(o, std::true_type{}, ob);
+                if (o >= lo && o + OBK <= hi) block(o, std::false_type{}, ob, rr);
+                else block(o, std::true_type{}, ob, rr);
               }
             };
-            auto row2 = [&](auto ob) __attribute__((always_inline)) {
-              constexpr int OBK = decltype(ob)::value;
-              for (int ow = 0; ow < g.OW; ow += OBK) {
-                const int o = std::min(ow, (int)g.OW - OBK);
-                if (o >= lo && o + OBK <= hi) block2(o, std::false_type{}, ob);
-                else block2(o, std::true_type{}, ob);
-              }
-            };
+            using Four = std::integral_constant<int, 4>;
             // Two rows take blocks of 4 (2 x 4 accumulators, KH*KW weights and one input row
             // in registers; blocks of 8 spilled and measured no faster than one row). Rows
             // shorter than a full block (7x7 maps) take half blocks.
-            if (two) row2(std::integral_constant<int, 4>{});
-            else if (g.OW >= OB) row(std::integral_constant<int, OB>{});
-            else row(std::integral_constant<int, 4>{});
+            if (two) row(Four{}, std::integral_constant<int, 2>{});
+            else if (g.OW >= OB) row(std::integral_constant<int, OB>{}, std::integral_constant<int, 1>{});
+            else row(Four{}, std::integral_constant<int, 1>{});
             continue;
           }
         }
@@ -338,31 +322,16 @@ void forward_plane_kernel(const T* x, const float* w, const float* b, T* y, Geom
       for (int t = 0; t < KH * KW; ++t) wv[t] = loadf(w + t * g.C + cb);
       const vf bv = b ? loadf(b + cb) : vf{};
       T* yn = y + n * g.OH * g.OW * g.C + cb;
-      // R output rows (1 or 2) x OBK outputs: the KH + (R - 1) * S input rows are read once
-      // for all R rows, as in the row kernel.
       auto block = [&](int oh, int ow, auto ob, auto rr) __attribute__((always_inline)) {
         constexpr int OBK = decltype(ob)::value, R = decltype(rr)::value;
-        constexpr int NX = (OBK - 1) * S + KW;
         vf acc[R][OBK];
 #pragma GCC unroll 8
         for (int o = 0; o < OBK; ++o)
           for (int k = 0; k < R; ++k) acc[k][o] = bv;
-#pragma GCC unroll 6
-        for (int r = 0; r < KH + (R - 1) * S; ++r) {
-          const vf* xr = buf.data() + (oh * S + r) * PW + ow * S;
-          vf xv[NX];
-#pragma GCC unroll 32
-          for (int q = 0; q < NX; ++q) xv[q] = xr[q];
-#pragma GCC unroll 2
-          for (int k = 0; k < R; ++k) {
-            const int i = r - k * S;
-            if (i < 0 || i >= KH) continue;
-#pragma GCC unroll 5
-            for (int j = 0; j < KW; ++j)
-#pragma GCC unroll 8
-              for (int o = 0; o < OBK; ++o) acc[k][o] += xv[o * S + j] * wv[i * KW + j];
-          }
-        }
+        const vf* xb = buf.data() + oh * S * PW + ow * S;
+        const int64_t row_step = PW;
+        fwd_accumulate<KH, KW, S, 1, OBK, R>(acc, wv, [&](int r, int q) { return xb[r * row_step + q]; },
+                                             [](int) { return true; });
 #pragma GCC unroll 8
         for (int o = 0; o < OBK; ++o)
           for (int k = 0; k < R; ++k) {
