@@ -6,12 +6,12 @@ whichever measured fastest on its real input, and every depthwise shape tuned on
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import algorithms
 from ..functional.depthwise import plan_call
 from ..layers import DepthwiseConv2d, DepthwiseSeparableConv2d
 from .._validation import choice, fail
@@ -32,27 +32,19 @@ class FusedDepthwiseReLU(nn.Module):
         self.bias = None if dw.bias is None else nn.Parameter(dw.bias.detach().clone(), requires_grad=False)
         self.stride, self.padding, self.dilation = dw.stride, dw._pad, dw.dilation
         self.algorithm = dw.algorithm
-        self._last = (None, None)
 
     def forward(self, x):
-        # The last call's plan, by what can change between calls of this frozen module:
-        # cheaper than plan_call's general key on the per-layer path of a whole network.
-        key = (x.shape, x.stride(), x.dtype, x.device, torch.get_num_threads(),
-               torch.is_grad_enabled() and x.requires_grad, algorithms._FORCED and algorithms._FORCED[-1])
-        if key == self._last[0] and not algorithms._tracing(x):
-            spec, algo = self._last[1]
-        else:
-            spec, algo = plan_call("FusedDepthwiseReLU", x, self.weight, self.bias, self.stride,
-                                   self.padding, self.dilation, self.algorithm)
-            self._last = (key, (spec, algo))
+        spec, algo = plan_call("FusedDepthwiseReLU", x, self.weight, self.bias, self.stride,
+                               self.padding, self.dilation, self.algorithm)
         if algo.fuses_relu:
             return algo.run(x, self.weight, self.bias, spec, relu=True)
         return F.relu(algo.run(x, self.weight, self.bias, spec))
 
 
+@functools.cache
 def _onednn_linear():
     """oneDNN's linear with a fused post-op (``torch.ops.mkldnn._linear_pointwise``, the op
-    torch.compile's CPU backend emits), or None where this build lacks it."""
+    torch.compile's CPU backend emits), or None where this build lacks it; looked up once."""
     try:
         return torch.ops.mkldnn._linear_pointwise.default if torch.backends.mkldnn.is_available() else None
     except (AttributeError, RuntimeError):
