@@ -150,20 +150,21 @@ def test_weight_gradient_by_blocks_and_by_rows(shape, k, s, threads):
     assert ((db.double() - dy.double().sum(dim=(0, 2, 3))).abs() <= 2 * terms * torch.finfo(torch.float32).eps * db_scale).all()
 
 
-def test_native_winograd_rows_uses_the_generated_transforms():
+@pytest.mark.parametrize("m", [2, 4])
+def test_native_winograd_uses_the_generated_transforms(m):
     from fractions import Fraction
 
     from sepconv.functional.winograd import transforms
 
-    at, _, bt = transforms(2)
-    consts = kernels.load("depthwise").winograd_f23_constants()
+    at, _, bt = transforms(m)
+    consts = kernels.load("depthwise").winograd_constants(m)
     assert consts == [[float(Fraction(v)) for v in row] for row in bt + at]
 
 
-@pytest.mark.parametrize("name", ["native_winograd_rows", "native_winograd_f2x2"])
+@pytest.mark.parametrize("name", ["native_winograd_rows", "native_winograd_f2x2", "native_winograd_f4x4"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape,p", [((1, 35, 13, 10), 1), ((2, 16, 9, 9), 0), ((1, 520, 6, 7), 2),
-                                     ((1, 16, 4, 3), 1)])   # odd output sizes: partial tiles
+                                     ((1, 16, 4, 3), 1), ((1, 16, 11, 14), 1)])   # partial tiles
 def test_native_winograd_forward(name, dtype, shape, p):
     algo = algorithms.get_algorithm(name)
     x, w, b = _data(shape, (3, 3), dtype)

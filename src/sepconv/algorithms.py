@@ -377,11 +377,11 @@ def explain(input_shape, kernel_size=3, stride=1, padding=0, dilation=1, depth_m
 _NOT_WINOGRAD = dict(kernel_sizes=frozenset({(3, 3)}), strides=frozenset({(1, 1)}),
                      dilations=frozenset({(1, 1)}))
 
-# error_eps: measured maximum normwise error in eps units (the conformance suite's shapes,
-# all dtypes) times about 2.5, rounded up; the guide has the measurements. Low-precision
+# error_eps: 1.3-2.5x the maximum normwise error measured by benchmarks/measure_error.py
+# (float32; the guide has the measurements), rounded up. Low-precision
 # inputs run Winograd transforms in float32, so their bound is the output rounding, as for
 # direct. A transform's bound holds for each of its implementations.
-F2X2_EPS = 3
+F2X2_EPS, F4X4_EPS = 3, 24
 register(Algorithm(
     "reference", "F.conv2d with groups=C (PyTorch/oneDNN)", _direct.reference, error_eps=2))
 register(Algorithm(
@@ -393,7 +393,7 @@ register(Algorithm(
 register(Algorithm(
     "winograd_f4x4", "2-D Winograd F(4x4,3x3), PyTorch, any device",
     lambda x, w, b, s: _winograd.depthwise_winograd_2d(x, w, b, s, 4), **_NOT_WINOGRAD,
-    error_eps=24))
+    error_eps=F4X4_EPS))
 register(Algorithm(
     "winograd_rows", "row-wise 1-D F(2,3) with cached transformed rows (MNN), PyTorch",
     _winograd.depthwise_winograd_rows, **_NOT_WINOGRAD, error_eps=2))
@@ -407,7 +407,10 @@ register(Algorithm(
     _native_dw.run, **_NATIVE))
 register(Algorithm(
     "native_winograd_f2x2", "C++ NHWC 2-D Winograd F(2x2,3x3) (16 multiplies per 4 outputs), inference, CPU",
-    _native_dw.run_winograd_f2x2, **_NOT_WINOGRAD, **{**_NATIVE, "error_eps": F2X2_EPS}, differentiable=False))
+    _native_dw.run_winograd_2d(2), **_NOT_WINOGRAD, **{**_NATIVE, "error_eps": F2X2_EPS}, differentiable=False))
+register(Algorithm(
+    "native_winograd_f4x4", "C++ NHWC 2-D Winograd F(4x4,3x3) (36 multiplies per 16 outputs), inference, CPU",
+    _native_dw.run_winograd_2d(4), **_NOT_WINOGRAD, **{**_NATIVE, "error_eps": F4X4_EPS}, differentiable=False))
 register(Algorithm(
     "native_winograd_rows", "C++ NHWC row-wise Winograd F(2,3) (12 multiplies per 2 outputs), inference, CPU",
     _native_dw.run_winograd_rows, **_NOT_WINOGRAD, **_NATIVE, differentiable=False))

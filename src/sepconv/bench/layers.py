@@ -125,6 +125,22 @@ def markdown(rows) -> str:
     return "\n".join(lines)
 
 
+def speedups_markdown(rows) -> str:
+    """The compact table of docs/algorithms.md: best PyTorch time, then each sepconv
+    algorithm's speedup over it (PyTorch and auto columns last)."""
+    names = [n for n in dict.fromkeys(n for r in rows for n in r["results"])
+             if not n.startswith("torch") and n != "auto"]
+    lines = ["| batch | C | size | stride | best PyTorch ms | " + " | ".join(names) + " | auto picks | auto |",
+             "|" + "---|" * (len(names) + 7)]
+    for r in rows:
+        res = r["results"]
+        best = min(v["median_ms"] for k, v in res.items() if k.startswith("torch"))
+        cells = [f"{res[n]['speedup_vs_best_torch']:.2f}x" if n in res else "-" for n in names]
+        lines.append(f"| {r['batch']} | {r['channels']} | {r['size']} | {r['stride']} | {best:.3f} | "
+                     + " | ".join(cells) + f" | {r['auto_choice']} | {res['auto']['speedup_vs_best_torch']:.2f}x |")
+    return "\n".join(lines)
+
+
 def plot(rows, path) -> None:
     import matplotlib
 
@@ -155,5 +171,6 @@ def write(rows, out_dir) -> dict:
     mode = rows[0]["mode"].replace("+", "_")
     (out / f"depthwise_{mode}.json").write_text(json.dumps({"summary": summary(rows), "rows": rows}, indent=1))
     (out / f"depthwise_{mode}.md").write_text(markdown(rows) + "\n")
+    (out / f"depthwise_{mode}_speedups.md").write_text(speedups_markdown(rows) + "\n")
     plot(rows, out / f"depthwise_{mode}.png")
     return summary(rows)

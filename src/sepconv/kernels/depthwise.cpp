@@ -364,7 +364,7 @@ void forward_plane_kernel(const T* x, const float* w, const float* b, T* y, Geom
 // and pair of outputs, each of the three input rows contributes (B^T d) * U_r, with
 // U_r = G g_r precomputed per channel (passed in as float32 (3, 4, C)); the pair is A^T of
 // the sum: 12 multiplies per 2 outputs instead of 18. B^T and A^T are the F(2,3) matrices of
-// sepconv.functional.winograd.transforms(2) (points 0, 1, -1); winograd_f23_constants()
+// sepconv.functional.winograd.transforms(2) (points 0, 1, -1); winograd_constants(2)
 // returns them so a test can hold the two in step.
 constexpr float BT23[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, -1, 0, 1}};
 constexpr float AT23[2][4] = {{1, 1, 1, 0}, {0, 1, -1, 1}};
@@ -411,58 +411,91 @@ void winograd_rows_kernel(const T* x, const float* u, const float* b, T* y, Geom
   });
 }
 
-// 2-D Winograd F(2x2,3x3) for 3x3, stride 1, dilation 1 (inference): each 4x4 input tile d
-// becomes V = B^T d B, is multiplied element-wise by U = G g G^T (precomputed per channel,
-// passed in as float32 (4, 4, C)) and gives the 2x2 outputs A^T (U * V) A: 16 multiplies per
-// 4 outputs instead of 36, for 16 loads and about 56 additions. B^T and A^T are BT23 and
-// AT23 applied along both axes. Threads split the rows of tiles.
-template <typename T>
-void winograd_f2x2_kernel(const T* x, const float* u, const float* b, T* y, Geometry g, bool relu) {
-  const int64_t trows = (g.OH + 1) / 2, tcols = (g.OW + 1) / 2;
-  // B^T along one axis of four vectors (the rows of BT23)
-  auto bt = [](vf& a0, vf& a1, vf& a2, vf& a3) __attribute__((always_inline)) {
-    const vf t0 = a0 - a2, t1 = a1 + a2, t2 = a2 - a1, t3 = a3 - a1;
-    a0 = t0; a1 = t1; a2 = t2; a3 = t3;
-  };
+// F(4,3) with points {0, 1, -1, 2, -1/2}, as transforms(4) (every entry is exact in float).
+constexpr float BT43[6][6] = {{1, 1.5f, -2, -1.5f, 1, 0}, {0, 1, 2.5f, 0.5f, -1, 0},
+                              {0, 1, 0.5f, -2.5f, 1, 0},  {0, -0.5f, -1, 0.5f, 1, 0},
+                              {0, -2, 1, 2, -1, 0},       {0, 1, 1.5f, -2, -1.5f, 1}};
+constexpr float AT43[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -0.5f, 0},
+                              {0, 1, 1, 4, 0.25f, 0}, {0, 1, -1, 8, -0.125f, 1}};
+template <int M> struct WinogradTables;
+template <> struct WinogradTables<2> { static constexpr auto& BT = BT23; static constexpr auto& AT = AT23; };
+template <> struct WinogradTables<4> { static constexpr auto& BT = BT43; static constexpr auto& AT = AT43; };
+
+// out[i * os] = sum_j A[i][j] * in[j * is] for a compile-time matrix: once unrolled, zero
+// entries vanish and +-1 entries become additions and subtractions.
+template <int R, int K>
+inline __attribute__((always_inline)) void apply_matrix(const float (&A)[R][K], const vf* in, int is, vf* out, int os) {
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    vf sum{};
+    bool first = true;
+#pragma GCC unroll 8
+    for (int j = 0; j < K; ++j) {
+      const float a = A[i][j];
+      if (a == 0) continue;
+      const vf t = a == 1 ? in[j * is] : a == -1 ? -in[j * is] : a * in[j * is];
+      sum = first ? t : sum + t;
+      first = false;
+    }
+    out[i * os] = sum;
+  }
+}
+
+// 2-D Winograd F(MxM,3x3) for 3x3, stride 1, dilation 1 (inference), M = 2 or 4: each
+// (M+2)^2 input tile d becomes V = B^T d B, is multiplied element-wise by U = G g G^T
+// (precomputed per channel, passed in as float32 (M+2, M+2, C)) and gives the MxM outputs
+// A^T (U * V) A: (M+2)^2 multiplies per M^2 outputs instead of 9 M^2 (16 per 4, 36 per 16),
+// at the price of the transforms' additions. Threads split the rows of tiles.
+template <typename T, int M>
+void winograd2d_kernel(const T* x, const float* u, const float* b, T* y, Geometry g, bool relu) {
+  constexpr int N = M + 2;
+  constexpr auto& BT = WinogradTables<M>::BT;
+  constexpr auto& AT = WinogradTables<M>::AT;
+  const int64_t trows = (g.OH + M - 1) / M, tcols = (g.OW + M - 1) / M;
   at::parallel_for(0, g.N * trows, 1, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t n = job / trows, oh = job % trows * 2;
+      const int64_t n = job / trows, oh = job % trows * M;
       const T* xn = x + n * g.H * g.W * g.C;
       T* yn = y + n * g.OH * g.OW * g.C;
       for (int64_t cb = 0; cb < g.C; cb += VL) {
         const int lanes = (int)std::min<int64_t>(VL, g.C - cb);
-        vf uv[16];
-        for (int k = 0; k < 16; ++k) uv[k] = load_lanes(u + k * g.C + cb, lanes);
         const vf bv = b ? load_lanes(b + cb, lanes) : vf{};
         for (int64_t tc = 0; tc < tcols; ++tc) {
-          const int64_t ow = tc * 2, ih0 = oh - g.ph, iw0 = ow - g.pw;
-          const bool inside = ih0 >= 0 && ih0 + 3 < g.H && iw0 >= 0 && iw0 + 3 < g.W && lanes == VL;
-          vf d[4][4];
-          for (int r = 0; r < 4; ++r)
-            for (int c = 0; c < 4; ++c) {
+          const int64_t ow = tc * M, ih0 = oh - g.ph, iw0 = ow - g.pw;
+          const bool inside = ih0 >= 0 && ih0 + N <= g.H && iw0 >= 0 && iw0 + N <= g.W && lanes == VL;
+          vf t[N][N];                               // d B: B^T along each input row
+#pragma GCC unroll 8
+          for (int r = 0; r < N; ++r) {
+            vf d[N];
+#pragma GCC unroll 8
+            for (int c = 0; c < N; ++c) {
               const int64_t ih = ih0 + r, iw = iw0 + c;
               const T* p = xn + (ih * g.W + iw) * g.C + cb;
-              d[r][c] = inside ? IO<T>::load(p)
-                               : (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W ? load_lanes(p, lanes) : vf{});
+              d[c] = inside ? IO<T>::load(p)
+                            : (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W ? load_lanes(p, lanes) : vf{});
             }
-          for (int r = 0; r < 4; ++r) bt(d[r][0], d[r][1], d[r][2], d[r][3]);   // B^T along rows
-          for (int c = 0; c < 4; ++c) bt(d[0][c], d[1][c], d[2][c], d[3][c]);   // and columns
-          vf m[4][4];
-          for (int r = 0; r < 4; ++r)
-            for (int c = 0; c < 4; ++c) m[r][c] = d[r][c] * uv[r * 4 + c];
-          vf s0[4], s1[4];                                   // A^T along the first axis
-          for (int c = 0; c < 4; ++c) {
-            s0[c] = m[0][c] + m[1][c] + m[2][c];
-            s1[c] = m[1][c] - m[2][c] + m[3][c];
+            apply_matrix(BT, d, 1, t[r], 1);
           }
-          vf out[2][2] = {{bv + s0[0] + s0[1] + s0[2], bv + s0[1] - s0[2] + s0[3]},
-                          {bv + s1[0] + s1[1] + s1[2], bv + s1[1] - s1[2] + s1[3]}};
-          for (int r = 0; r < 2 && oh + r < g.OH; ++r)
-            for (int c = 0; c < 2 && ow + c < g.OW; ++c) {
-              vf v = out[r][c];
+          vf s[M][N];                               // A^T (U * (B^T t)), column by column
+#pragma GCC unroll 8
+          for (int c = 0; c < N; ++c) {
+            vf v[N];
+            apply_matrix(BT, &t[0][c], N, v, 1);
+#pragma GCC unroll 8
+            for (int k = 0; k < N; ++k) v[k] *= load_lanes(u + (k * N + c) * g.C + cb, lanes);
+            apply_matrix(AT, v, 1, &s[0][c], N);
+          }
+#pragma GCC unroll 4
+          for (int i = 0; i < M && oh + i < g.OH; ++i) {
+            vf out[M];                              // ... A along the second axis
+            apply_matrix(AT, s[i], 1, out, 1);
+#pragma GCC unroll 4
+            for (int j = 0; j < M && ow + j < g.OW; ++j) {
+              vf v = out[j] + bv;
               if (relu) v = v > 0 ? v : vf{};
-              store_lanes(yn + ((oh + r) * g.OW + ow + c) * g.C + cb, v, lanes);
+              store_lanes(yn + ((oh + i) * g.OW + ow + j) * g.C + cb, v, lanes);
             }
+          }
         }
       }
     }
@@ -940,25 +973,31 @@ at::Tensor winograd_rows_forward(at::Tensor x, at::Tensor u, c10::optional<at::T
   });
 }
 
-// u: (4, 4, C) = G g G^T per channel.
-at::Tensor winograd_f2x2_forward(at::Tensor x, at::Tensor u, c10::optional<at::Tensor> b,
-                                 std::vector<int64_t> padding, bool relu) {
-  return winograd_host(x, u, b, padding, [relu](auto xp, const float* up, const float* bp, auto yp, Geometry g) {
-    winograd_f2x2_kernel(xp, up, bp, yp, g, relu);
+// u: (M+2, M+2, C) = G g G^T per channel, for F(MxM,3x3) with M = 2 or 4.
+at::Tensor winograd2d_forward(at::Tensor x, at::Tensor u, c10::optional<at::Tensor> b,
+                              std::vector<int64_t> padding, bool relu) {
+  TORCH_CHECK(u.dim() == 3 && u.size(0) == u.size(1) && (u.size(0) == 4 || u.size(0) == 6),
+              "winograd2d_forward: u must be (4, 4, C) or (6, 6, C), got ", u.sizes());
+  const bool f4 = u.size(0) == 6;
+  return winograd_host(x, u, b, padding, [relu, f4](auto xp, const float* up, const float* bp, auto yp, Geometry g) {
+    if (f4) winograd2d_kernel<std::remove_pointer_t<decltype(xp)>, 4>(xp, up, bp, yp, g, relu);
+    else winograd2d_kernel<std::remove_pointer_t<decltype(xp)>, 2>(xp, up, bp, yp, g, relu);
   });
 }
 
-std::vector<std::vector<float>> winograd_f23_constants() {
+// The B^T rows then the A^T rows the kernels use for F(m, 3), m = 2 or 4.
+std::vector<std::vector<float>> winograd_constants(int64_t m) {
+  TORCH_CHECK(m == 2 || m == 4, "winograd_constants: m must be 2 or 4, got ", m);
   std::vector<std::vector<float>> out;
-  for (auto& r : BT23) out.emplace_back(r, r + 4);
-  for (auto& r : AT23) out.emplace_back(r, r + 4);
+  auto add = [&](const auto& table) { for (auto& r : table) out.emplace_back(std::begin(r), std::end(r)); };
+  if (m == 2) { add(BT23); add(AT23); } else { add(BT43); add(AT43); }
   return out;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("winograd_rows_forward", &winograd_rows_forward, "row-wise Winograd F(2,3) depthwise 3x3, NHWC, inference");
-  m.def("winograd_f2x2_forward", &winograd_f2x2_forward, "2-D Winograd F(2x2,3x3) depthwise 3x3, NHWC, inference");
-  m.def("winograd_f23_constants", &winograd_f23_constants, "the B^T (4 rows) and A^T (2 rows) the kernel uses");
+  m.def("winograd2d_forward", &winograd2d_forward, "2-D Winograd F(2x2,3x3) or F(4x4,3x3) depthwise 3x3, NHWC, inference");
+  m.def("winograd_constants", &winograd_constants, "the B^T rows then the A^T rows of F(m,3) the kernels use");
   m.def("forward", &forward, "depthwise forward, NHWC (optionally fused ReLU)");
   m.def("grad_input", &grad_input, "depthwise input gradient, NHWC");
   m.def("grad_weight", &grad_weight, "depthwise weight and bias gradients, NHWC -> float32 (C, 1, kh, kw), (C,)");

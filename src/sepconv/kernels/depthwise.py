@@ -56,22 +56,24 @@ def run(x, weight, bias, spec: ConvSpec, relu: bool = False):
 def run_winograd_rows(x, weight, bias, spec: ConvSpec, relu: bool = False):
     """Depthwise 3x3 (stride 1, dilation 1, multiplier 1) by the native row-wise F(2,3)
     kernel, inference only; output in x's memory format."""
-    return _winograd(x, weight, bias, spec, relu, "winograd_rows_forward", two_d=False)
+    return _winograd(x, weight, bias, spec, relu, tile=2, two_d=False)
 
 
-def run_winograd_f2x2(x, weight, bias, spec: ConvSpec, relu: bool = False):
-    """Depthwise 3x3 (stride 1, dilation 1, multiplier 1) by the native 2-D F(2x2,3x3)
-    kernel, inference only; output in x's memory format."""
-    return _winograd(x, weight, bias, spec, relu, "winograd_f2x2_forward", two_d=True)
+def run_winograd_2d(m: int):
+    """The runner of the native 2-D F(m x m, 3x3) kernel (m = 2 or 4): depthwise 3x3,
+    stride 1, dilation 1, multiplier 1, inference only; output in x's memory format."""
+    return lambda x, weight, bias, spec, relu=False: _winograd(x, weight, bias, spec, relu, m, two_d=True)
 
 
-def _winograd(x, weight, bias, spec, relu, kernel, two_d):
+def _winograd(x, weight, bias, spec, relu, tile, two_d):
     from ..functional.winograd import matrices
 
-    _, g, _ = matrices(2, torch.float32, "cpu")
+    _, g, _ = matrices(tile, torch.float32, "cpu")
     w = weight[:, 0].float()
-    # U = G g G^T per channel as (4, 4, C), or G applied to each kernel row as (3, 4, C)
+    # U = G g G^T per channel as (n, n, C), or G applied to each kernel row as (3, 4, C)
     u = (g @ w @ g.t() if two_d else w @ g.t()).permute(1, 2, 0).contiguous()
     xl = x.contiguous(memory_format=torch.channels_last)
-    y = getattr(load("depthwise"), kernel)(xl, u, bias, spec.padding, relu)
+    mod = load("depthwise")
+    run = mod.winograd2d_forward if two_d else mod.winograd_rows_forward
+    y = run(xl, u, bias, spec.padding, relu)
     return y if spec.layout == "nhwc" else y.contiguous()
