@@ -1,4 +1,5 @@
-"""Python side of the native NHWC depthwise kernel: layout handling and autograd."""
+"""Python side of the native NHWC depthwise kernels: layout handling and transformed filters
+(autograd is in the C++ source)."""
 
 from __future__ import annotations
 
@@ -8,48 +9,15 @@ from ..spec import ConvSpec
 from . import load
 
 
-class _DepthwiseNative(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, spec):
-        mod = load("depthwise")
-        y = mod.forward(x, weight, bias, spec.stride, spec.padding, spec.dilation, False, False)
-        ctx.save_for_backward(x, weight)
-        ctx.spec, ctx.has_bias = spec, bias is not None
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
-        spec, mod = ctx.spec, load("depthwise")
-        dy = dy.contiguous(memory_format=torch.channels_last)
-        args = (spec.stride, spec.padding, spec.dilation)
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            (kh, kw), (ph, pw), (dh, dw_) = spec.kernel_size, spec.padding, spec.dilation
-            flip_pad = (dh * (kh - 1) - ph, dw_ * (kw - 1) - pw)
-            if spec.stride == (1, 1) and min(flip_pad) >= 0:
-                # stride 1: the input gradient is the forward kernel on dy with the kernel
-                # flipped and the complementary padding
-                dx = mod.forward(dy, weight, None, (1, 1), flip_pad, spec.dilation, False, True)
-            else:
-                dx = mod.grad_input(dy, weight, list(x.shape), *args)
-        want_db = ctx.has_bias and ctx.needs_input_grad[2]
-        if ctx.needs_input_grad[1] or want_db:
-            dw, db = mod.grad_weight(x, dy, *spec.kernel_size, *args, want_db)
-            dw = dw.to(weight.dtype) if ctx.needs_input_grad[1] else None
-            db = db.to(dy.dtype) if want_db else None
-        return dx, dw, db, None
-
-
 def run(x, weight, bias, spec: ConvSpec, relu: bool = False):
     """Depthwise convolution (depth multiplier 1) by the native kernel; output in x's format."""
-    xl = x.contiguous(memory_format=torch.channels_last)
+    xl, mod = x.contiguous(memory_format=torch.channels_last), load("depthwise")
     if spec.requires_grad:
         if relu:
             raise ValueError("native depthwise: fused ReLU is inference-only.")
-        y = _DepthwiseNative.apply(xl, weight, bias, spec)
+        y = mod.forward_train(xl, weight, bias, spec.stride, spec.padding, spec.dilation)
     else:
-        y = load("depthwise").forward(xl, weight, bias, spec.stride, spec.padding, spec.dilation, relu, False)
+        y = mod.forward(xl, weight, bias, spec.stride, spec.padding, spec.dilation, relu, False)
     return y if spec.layout == "nhwc" else y.contiguous()
 
 
