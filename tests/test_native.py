@@ -176,3 +176,63 @@ def test_native_winograd_forward(name, dtype, shape, p):
     assert ((fused.double() - want.relu()).abs() <= bound).all()
     with pytest.raises(ValueError, match="inference-only"):
         depthwise_conv2d(x, w.requires_grad_(), b, 1, p, 1, algorithm=name)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape,k,s,p", [
+    ((3, 32, 9, 11), 3, 1, 1), ((3, 32, 9, 11), 3, 1, 0), ((2, 16, 12, 7), 3, 2, 1),
+    ((3, 48, 11, 10), 3, 2, 0), ((2, 16, 10, 9), 5, 1, 2), ((2, 33, 13, 12), 5, 2, 2),
+    ((1, 16, 1, 5), 3, 1, 1)])
+def test_one_pass_backward(shape, k, s, p, threads):
+    # grad_both splits dy's rows over threads, two at a time, each step also writing the input
+    # rows it owns: row ranges that cross images, odd counts and partial channel blocks
+    # must still give every input row once.
+    x, w, _ = _data(shape, (k, k), torch.float32, seed=5)
+    y_shape = F.conv2d(x, w, None, s, p, 1, shape[1]).shape
+    dy = torch.randn(y_shape, generator=torch.Generator().manual_seed(6)).contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dx, dw, db = kernels.load("depthwise").grad_both(x, dy, w, (s, s), (p, p), (1, 1), True)
+    finally:
+        torch.set_num_threads(before)
+    args = dict(stride=s, padding=p, groups=shape[1])
+    x64, w64, dy64 = x.double(), w.double(), dy.double()
+    eps = torch.finfo(torch.float32).eps
+    terms = shape[0] * y_shape[2] * y_shape[3]          # products summed per weight
+    want_dx = conv2d_input(x.shape, w64, dy64, **args)
+    assert dx.is_contiguous(memory_format=torch.channels_last)
+    assert ((dx.double() - want_dx).abs() <= 2 * k * k * eps * conv2d_input(x.shape, w64.abs(), dy64.abs(), **args)).all()
+    want_dw = conv2d_weight(x64, w.shape, dy64, **args)
+    assert ((dw.double() - want_dw).abs() <= 2 * terms * eps * conv2d_weight(x64.abs(), w.shape, dy64.abs(), **args)).all()
+    assert ((db.double() - dy64.sum(dim=(0, 2, 3))).abs() <= 2 * terms * eps * dy64.abs().sum(dim=(0, 2, 3))).all()
+
+
+def test_one_pass_backward_declines_what_it_does_not_serve():
+    mod = kernels.load("depthwise")
+    x, w, _ = _data((1, 16, 9, 9), (3, 3), torch.float32)
+    dy = torch.randn(1, 16, 9, 9).contiguous(memory_format=torch.channels_last)
+    assert mod.grad_both(x, dy, w, (1, 1), (2, 2), (2, 2), False) == []        # dilation 2
+    x, w, _ = _data((1, 512, 4, 4), (3, 3), torch.float32)                     # plane case
+    assert mod.grad_both(x, x, w, (1, 1), (1, 1), (1, 1), False) == []
+
+
+@pytest.mark.parametrize("s", [1, 2])
+def test_training_step_on_an_input_over_8_mib(s):
+    # Inputs over 8 MiB (PREFETCH_BYTES) take the one-pass backward inside the autograd
+    # function; the gradients must be the float64 ones.
+    x, w, b = _data((2, 64, 130, 130), (3, 3), torch.float32, seed=7)
+    assert x.nbytes > 8 << 20
+    xs, ws, bs = (t.detach().requires_grad_() for t in (x, w, b))
+    y = depthwise_conv2d(xs, ws, bs, s, 1, 1, algorithm="native")
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(8))
+    y.backward(dy)
+    args = dict(stride=s, padding=1, groups=64)
+    x64, w64, dy64 = x.double(), w.double(), dy.double()
+    eps = torch.finfo(torch.float32).eps
+    terms = 2 * y.shape[2] * y.shape[3]
+    assert ((xs.grad.double() - conv2d_input(x.shape, w64, dy64, **args)).abs()
+            <= 2 * 9 * eps * conv2d_input(x.shape, w64.abs(), dy64.abs(), **args)).all()
+    assert ((ws.grad.double() - conv2d_weight(x64, w.shape, dy64, **args)).abs()
+            <= 2 * terms * eps * conv2d_weight(x64.abs(), w.shape, dy64.abs(), **args)).all()
+    assert ((bs.grad.double() - dy64.sum(dim=(0, 2, 3))).abs() <= 2 * terms * eps * dy64.abs().sum(dim=(0, 2, 3))).all()
