@@ -43,6 +43,17 @@ def steady_allocator() -> bool:
         return False
 
 
+def copy_bandwidth(nbytes: int = 256 << 20, runs: int = 7) -> float:
+    """GB/s of copying a `nbytes` float32 tensor at the current thread count, counting the
+    read and the write once each: the DRAM bandwidth a memory-bound kernel can hope for
+    (measured here: 30-32 GB/s with 2 threads)."""
+    import torch
+
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / median_seconds(lambda: dst.copy_(src), runs=runs) / 1e9
+
+
 def median_seconds(fn: Callable[[], object], runs: int = 10, warmup: int = 1) -> float:
     """Median wall time of `fn` over `runs` calls, after `warmup` untimed calls."""
     for _ in range(warmup):

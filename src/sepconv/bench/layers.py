@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .. import algorithms
 from ..functional.depthwise import depthwise_conv2d
 from ..spec import depthwise_spec
-from .harness import Candidate, compare, steady_allocator
+from .harness import Candidate, compare, copy_bandwidth, steady_allocator
 
 # (channels, input size) of MobileNetV1-224's depthwise layers.
 MOBILENET_DW_SHAPES = [(32, 112), (64, 112), (128, 56), (256, 28), (512, 14), (1024, 7)]
@@ -81,11 +81,14 @@ def bench_shape(c, h, stride, batch, dtype=torch.float32, rounds=25, training=Fa
 def bench_layers(batches=(1, 8), strides=(1, 2), shapes=MOBILENET_DW_SHAPES, rounds=25,
                  training=False, progress=print) -> list[dict]:
     steady_allocator()
+    # inputs of the large layers at batch 8 (13-26 MB) come from DRAM: this bounds them
+    bandwidth = copy_bandwidth()
     rows = []
     for batch in batches:
         for c, h in shapes:
             for s in strides:
                 row = bench_shape(c, h, s, batch, rounds=rounds, training=training)
+                row["copy_GB_s"] = bandwidth
                 rows.append(row)
                 a = row["results"]["auto"]
                 progress(f"batch {batch} C={c:<5} {h:>3}x{h:<3} stride {s}: auto={row['auto_choice']:<14}"
@@ -103,6 +106,7 @@ def summary(rows) -> dict:
     for batch in sorted({r["batch"] for r in rows}):
         sel = [r["results"]["auto"]["speedup_vs_best_torch"] for r in rows if r["batch"] == batch]
         out[f"batch {batch}"] = {"geomean_auto_speedup": geomean(sel), "min_auto_speedup": min(sel)}
+    out["copy_GB_s"] = rows[0].get("copy_GB_s")
     return out
 
 
@@ -130,14 +134,18 @@ def speedups_markdown(rows) -> str:
     algorithm's speedup over it (PyTorch and auto columns last)."""
     names = [n for n in dict.fromkeys(n for r in rows for n in r["results"])
              if not n.startswith("torch") and n != "auto"]
-    lines = ["| batch | C | size | stride | best PyTorch ms | " + " | ".join(names) + " | auto picks | auto |",
-             "|" + "---|" * (len(names) + 7)]
+    # forward only: compulsory bytes / time, against the copy bandwidth measured in the run
+    gbs = rows[0]["mode"] == "forward"
+    lines = ["| batch | C | size | stride | best PyTorch ms | " + " | ".join(names) + " | auto picks | auto |"
+             + (" auto GB/s (copy) |" if gbs else ""),
+             "|" + "---|" * (len(names) + 7 + gbs)]
     for r in rows:
         res = r["results"]
         best = min(v["median_ms"] for k, v in res.items() if k.startswith("torch"))
         cells = [f"{res[n]['speedup_vs_best_torch']:.2f}x" if n in res else "-" for n in names]
         lines.append(f"| {r['batch']} | {r['channels']} | {r['size']} | {r['stride']} | {best:.3f} | "
-                     + " | ".join(cells) + f" | {r['auto_choice']} | {res['auto']['speedup_vs_best_torch']:.2f}x |")
+                     + " | ".join(cells) + f" | {r['auto_choice']} | {res['auto']['speedup_vs_best_torch']:.2f}x |"
+                     + (f" {res['auto']['GB_s']:.0f} ({r.get('copy_GB_s', 0):.0f}) |" if gbs else ""))
     return "\n".join(lines)
 
 

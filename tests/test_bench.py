@@ -1,0 +1,27 @@
+"""The layer benchmark on a tiny shape: every candidate's output checked, tables written."""
+
+import json
+
+from sepconv.bench import layers
+
+
+def test_layer_benchmark_checks_every_candidate_and_writes_its_tables(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEPCONV_CACHE_DIR", str(tmp_path / "cache"))
+    rows = layers.bench_layers(batches=[1], strides=(1, 2), shapes=[(16, 9)], rounds=3, progress=lambda s: None)
+    assert [(r["stride"], r["channels"], r["size"]) for r in rows] == [(1, 16, 9), (2, 16, 9)]
+    for r in rows:
+        assert {"torch_nchw", "torch_channels_last", "reference", "auto"} <= set(r["results"])
+        assert all(v["output_ok"] for v in r["results"].values()), r["results"]
+        assert r["auto_choice"] in r["results"]
+        # 1 x 16 x 9 x 9 in, 16 x 5 x 5 (stride 2) or 9 x 9 out, 16 x 3 x 3 weights, float32
+        out = 81 if r["stride"] == 1 else 25
+        want_bytes = 4 * (16 * 81 + 16 * out + 16 * 9)
+        res = r["results"]["reference"]
+        assert abs(res["GB_s"] * res["median_ms"] * 1e6 - want_bytes) < 1e-6 * want_bytes
+    summary = layers.write(rows, tmp_path)
+    assert summary["batch 1"]["min_auto_speedup"] <= summary["batch 1"]["geomean_auto_speedup"]
+    assert summary["copy_GB_s"] > 0
+    table = (tmp_path / "depthwise_forward_speedups.md").read_text().splitlines()
+    assert len(table) == 2 + len(rows) and "auto GB/s (copy)" in table[0]
+    assert json.loads((tmp_path / "depthwise_forward.json").read_text())["rows"] == rows
+
