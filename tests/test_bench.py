@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from sepconv.bench import layers
 
 
@@ -25,3 +27,13 @@ def test_layer_benchmark_checks_every_candidate_and_writes_its_tables(tmp_path, 
     assert len(table) == 2 + len(rows) and "auto GB/s (copy)" in table[0]
     assert json.loads((tmp_path / "depthwise_forward.json").read_text())["rows"] == rows
 
+
+
+def test_training_traffic_adds_the_backward_pass():
+    from sepconv.spec import depthwise_spec
+
+    x, w = torch.empty(2, 8, 10, 10), torch.empty(8, 1, 3, 3, requires_grad=True)
+    spec = depthwise_spec("t", x, w, None, 2, 1, 1)
+    # x: 1600, y: 2*8*5*5 = 400, w: 72 elements; forward x + y + w, training 3x + 2y + 3w
+    assert layers.depthwise_traffic(spec) == (4 * (1600 + 400 + 72), 2 * 400 * 9)
+    assert layers.depthwise_traffic(spec, training=True) == (4 * (4800 + 800 + 216), 3 * 2 * 400 * 9)

@@ -19,15 +19,20 @@ from .harness import Candidate, compare, copy_bandwidth, steady_allocator
 MOBILENET_DW_SHAPES = [(32, 112), (64, 112), (128, 56), (256, 28), (512, 14), (1024, 7)]
 
 
-def depthwise_traffic(spec) -> tuple[int, int]:
+def depthwise_traffic(spec, training: bool = False) -> tuple[int, int]:
     """(bytes, FLOPs) of one depthwise call: input, weight and output each moved once (the
-    compulsory traffic), FLOPs = 2 * MACs with MACs = outputs * kh * kw."""
+    compulsory traffic), FLOPs = 2 * MACs with MACs = outputs * kh * kw. A training step
+    adds the backward pass: dy, x and the weight read, dx and dw written (3 x + 2 y + 3 w in
+    all), and twice the forward FLOPs."""
     item = torch.finfo(spec.dtype).bits // 8
     oh, ow = spec.out_size
     outputs = spec.batch * spec.out_channels * oh * ow
-    elems = (spec.batch * spec.channels * spec.height * spec.width + outputs
-             + spec.out_channels * spec.kernel_size[0] * spec.kernel_size[1])
-    return elems * item, 2 * outputs * spec.kernel_size[0] * spec.kernel_size[1]
+    inputs = spec.batch * spec.channels * spec.height * spec.width
+    weights = spec.out_channels * spec.kernel_size[0] * spec.kernel_size[1]
+    flops = 2 * outputs * spec.kernel_size[0] * spec.kernel_size[1]
+    if training:
+        return (3 * inputs + 2 * outputs + 3 * weights) * item, 3 * flops
+    return (inputs + outputs + weights) * item, flops
 
 
 def bench_shape(c, h, stride, batch, dtype=torch.float32, rounds=25, training=False) -> dict:
@@ -65,7 +70,7 @@ def bench_shape(c, h, stride, batch, dtype=torch.float32, rounds=25, training=Fa
                 algorithms.tuner.plan(spec).choice).error_eps) * torch.finfo(dtype).eps
             checked[name] = bool(((y - ref64).abs() <= bound * scale).all())
         results = compare([Candidate(n, fn) for n, (fn, _) in candidates.items()], rounds=rounds)
-    nbytes, flops = depthwise_traffic(spec)
+    nbytes, flops = depthwise_traffic(spec, training)
     best_torch = min(r.median for r in results if r.name.startswith("torch"))
     return {
         "channels": c, "size": h, "stride": stride, "batch": batch, "dtype": str(dtype).split(".")[-1],
@@ -134,18 +139,17 @@ def speedups_markdown(rows) -> str:
     algorithm's speedup over it (PyTorch and auto columns last)."""
     names = [n for n in dict.fromkeys(n for r in rows for n in r["results"])
              if not n.startswith("torch") and n != "auto"]
-    # forward only: compulsory bytes / time, against the copy bandwidth measured in the run
-    gbs = rows[0]["mode"] == "forward"
-    lines = ["| batch | C | size | stride | best PyTorch ms | " + " | ".join(names) + " | auto picks | auto |"
-             + (" auto GB/s (copy) |" if gbs else ""),
-             "|" + "---|" * (len(names) + 7 + gbs)]
+    # compulsory bytes / time, against the copy bandwidth measured in the same run
+    lines = ["| batch | C | size | stride | best PyTorch ms | " + " | ".join(names)
+             + " | auto picks | auto | auto GB/s (copy) |",
+             "|" + "---|" * (len(names) + 8)]
     for r in rows:
         res = r["results"]
         best = min(v["median_ms"] for k, v in res.items() if k.startswith("torch"))
         cells = [f"{res[n]['speedup_vs_best_torch']:.2f}x" if n in res else "-" for n in names]
         lines.append(f"| {r['batch']} | {r['channels']} | {r['size']} | {r['stride']} | {best:.3f} | "
                      + " | ".join(cells) + f" | {r['auto_choice']} | {res['auto']['speedup_vs_best_torch']:.2f}x |"
-                     + (f" {res['auto']['GB_s']:.0f} ({r.get('copy_GB_s', 0):.0f}) |" if gbs else ""))
+                     + f" {res['auto']['GB_s']:.0f} ({r.get('copy_GB_s', 0):.0f}) |")
     return "\n".join(lines)
 
 
