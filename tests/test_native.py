@@ -236,3 +236,24 @@ def test_training_step_on_an_input_over_8_mib(s):
     assert ((ws.grad.double() - conv2d_weight(x64, w.shape, dy64, **args)).abs()
             <= 2 * terms * eps * conv2d_weight(x64.abs(), w.shape, dy64.abs(), **args)).all()
     assert ((bs.grad.double() - dy64.sum(dim=(0, 2, 3))).abs() <= 2 * terms * eps * dy64.abs().sum(dim=(0, 2, 3))).all()
+
+
+@pytest.mark.parametrize("s", [1, 2])
+def test_one_pass_backward_bfloat16(s):
+    # bfloat16 activations: float32 accumulation, dx rounded once to bfloat16, dw kept float32
+    x, w, _ = _data((2, 32, 12, 11), (3, 3), torch.bfloat16, seed=9)
+    y_shape = F.conv2d(x.float(), w.float(), None, s, 1, 1, 32).shape
+    dy = torch.randn(y_shape, generator=torch.Generator().manual_seed(10)).to(torch.bfloat16)
+    dy = dy.contiguous(memory_format=torch.channels_last)
+    dx, dw, db = kernels.load("depthwise").grad_both(x, dy, w, (s, s), (1, 1), (1, 1), True)
+    assert dx.dtype == torch.bfloat16 and dw.dtype == torch.float32
+    args = dict(stride=s, padding=1, groups=32)
+    x64, w64, dy64 = x.double(), w.double(), dy.double()
+    eps32, eps16 = torch.finfo(torch.float32).eps, torch.finfo(torch.bfloat16).eps
+    abs_dx = conv2d_input(x.shape, w64.abs(), dy64.abs(), **args)
+    # one bfloat16 rounding of the result (half an ulp, relative) on top of the float32 sum
+    assert ((dx.double() - conv2d_input(x.shape, w64, dy64, **args)).abs() <= (2 * 9 * eps32 + eps16 / 2) * abs_dx).all()
+    terms = 2 * y_shape[2] * y_shape[3]
+    assert ((dw.double() - conv2d_weight(x64, w.shape, dy64, **args)).abs()
+            <= 2 * terms * eps32 * conv2d_weight(x64.abs(), w.shape, dy64.abs(), **args)).all()
+    assert ((db.double() - dy64.sum(dim=(0, 2, 3))).abs() <= 2 * terms * eps32 * dy64.abs().sum(dim=(0, 2, 3))).all()
