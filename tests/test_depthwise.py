@@ -181,3 +181,21 @@ def test_auto_training_uses_differentiable_algorithms():
     y = depthwise_conv2d(x, w, b, padding=1)
     y.sum().backward()
     assert w.grad is not None and w.grad.shape == w.shape
+
+
+def test_auto_on_meta_tensors_runs_reference_without_timing():
+    # meta tensors (shape inference, deferred initialisation) cannot be timed or checked
+    x, w = torch.empty(2, 8, 13, 11, device="meta"), torch.empty(8, 1, 3, 3, device="meta")
+    y = depthwise_conv2d(x, w, None, 2, 1, 1)
+    assert y.device.type == "meta" and y.shape == (2, 8, 7, 6)
+    layer = sepconv.DepthwiseConv2d(8, 3, padding=1, device="meta")
+    assert layer(x).shape == (2, 8, 13, 11)
+
+
+def test_tuner_waits_for_accelerators_when_timing(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.accelerator, "synchronize", lambda device=None: calls.append(device))
+    cpu_fn = lambda: calls.append("ran")  # noqa: E731
+    assert algorithms._synchronized(cpu_fn, "cpu") is cpu_fn      # nothing queued on the CPU
+    algorithms._synchronized(cpu_fn, "cuda")()
+    assert calls == ["ran", "cuda"]

@@ -169,7 +169,8 @@ def resolve(name: str, spec: ConvSpec, owner: str, x: torch.Tensor | None = None
     if _FORCED:
         name = _FORCED[-1]
     if name == "auto":
-        if x is not None and _tracing(x):
+        # nothing to time on meta tensors (shape inference, deferred initialisation)
+        if x is not None and (_tracing(x) or x.device.type == "meta"):
             return _REGISTRY["reference"]
         return _REGISTRY[tuner.plan(spec).choice]
     algo = get_algorithm(name, owner)
@@ -326,7 +327,7 @@ class Tuner:
                 def step(algo=algo):
                     with torch.no_grad():
                         algo.run(x, w, b, spec)
-            runners.append(Candidate(algo.name, step))
+            runners.append(Candidate(algo.name, _synchronized(step, spec.device)))
         # Interleaved rounds: a noisy moment hits every candidate alike. Candidates over 2x
         # the fastest after 3 rounds cannot win and are dropped: left in, the slow PyTorch
         # forms (big temporaries) evicted the caches before every call of the fast ones and
@@ -343,6 +344,18 @@ class Tuner:
 
 
 tuner = Tuner()
+
+
+def _synchronized(fn, device: str):
+    """`fn`, waiting for the device to finish its work before returning: on an accelerator a
+    call only queues kernels, and timing the queueing would rank algorithms by launch cost."""
+    if torch.device(device).type == "cpu":
+        return fn
+
+    def run():
+        fn()
+        torch.accelerator.synchronize(device)
+    return run
 
 
 def explain(input_shape, kernel_size=3, stride=1, padding=0, dilation=1, depth_multiplier=1,
