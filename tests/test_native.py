@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_input, conv2d_weight
 
+import sepconv
 from sepconv import algorithms, kernels
 from sepconv.functional import depthwise_conv2d
 from sepconv.kernels.depthwise import run as native_run
@@ -257,3 +258,36 @@ def test_one_pass_backward_bfloat16(s):
     assert ((dw.double() - conv2d_weight(x64, w.shape, dy64, **args)).abs()
             <= 2 * terms * eps32 * conv2d_weight(x64.abs(), w.shape, dy64.abs(), **args)).all()
     assert ((db.double() - dy64.sum(dim=(0, 2, 3))).abs() <= 2 * terms * eps32 * dy64.abs().sum(dim=(0, 2, 3))).all()
+
+
+@pytest.mark.parametrize("s,with_bias", [(1, True), (2, False)])
+def test_custom_op_registration(s, with_bias):
+    # schema, fake (shape) function, autograd formula and dispatcher behaviour of the ops that
+    # torch.compile captures, checked by PyTorch's own opcheck
+    from sepconv.kernels.depthwise import depthwise_backward_op, depthwise_op
+
+    x, w, b = _data((2, 16, 9, 10), (3, 3), torch.float32, seed=11)
+    b = b if with_bias else None
+    torch.library.opcheck(depthwise_op, (x, w, b, [s, s], [1, 1], [1, 1], False))
+    xs, ws = x.detach().requires_grad_(), w.detach().requires_grad_()
+    torch.library.opcheck(depthwise_op, (xs, ws, b, [s, s], [1, 1], [1, 1], False))
+    dy = torch.randn(depthwise_op(x, w, b, [s, s], [1, 1], [1, 1], False).shape).contiguous(
+        memory_format=torch.channels_last)
+    for want in ([True, True, with_bias], [False, True, False]):
+        torch.library.opcheck(depthwise_backward_op, (dy, x, w, [s, s], [1, 1], [1, 1], want))
+
+
+def test_native_under_torch_compile_is_one_graph_and_trains():
+    # fullgraph=True fails on any graph break: the native kernel must be captured as an op
+    torch.manual_seed(0)
+    layer = sepconv.DepthwiseConv2d(16, 3, stride=2, padding=1, algorithm="native", bias=True)
+    x = torch.randn(2, 16, 11, 12).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(torch.compile(layer, fullgraph=True)(x), layer(x), rtol=0, atol=0)
+    grads = []
+    for run in (torch.compile(layer, fullgraph=True, backend="aot_eager"), layer):
+        xs = x.clone().requires_grad_()
+        layer.zero_grad()
+        run(xs).square().sum().backward()
+        grads.append((xs.grad, layer.weight.grad, layer.bias.grad))
+    for compiled, eager in zip(*grads):
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)

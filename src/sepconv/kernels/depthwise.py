@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..spec import ConvSpec
@@ -11,14 +13,67 @@ from . import load
 
 def run(x, weight, bias, spec: ConvSpec, relu: bool = False):
     """Depthwise convolution (depth multiplier 1) by the native kernel; output in x's format."""
-    xl, mod = x.contiguous(memory_format=torch.channels_last), load("depthwise")
-    if spec.requires_grad:
-        if relu:
-            raise ValueError("native depthwise: fused ReLU is inference-only.")
-        y = mod.forward_train(xl, weight, bias, spec.stride, spec.padding, spec.dilation)
+    if spec.requires_grad and relu:
+        raise ValueError("native depthwise: fused ReLU is inference-only.")
+    xl = x.contiguous(memory_format=torch.channels_last)
+    args = (list(spec.stride), list(spec.padding), list(spec.dilation))
+    if torch.compiler.is_compiling():
+        y = depthwise_op(xl, weight, bias, *args, relu)
+    elif spec.requires_grad:
+        y = load("depthwise").forward_train(xl, weight, bias, *args)
     else:
-        y = mod.forward(xl, weight, bias, spec.stride, spec.padding, spec.dilation, relu, False)
+        y = load("depthwise").forward(xl, weight, bias, *args, relu, False)
     return y if spec.layout == "nhwc" else y.contiguous()
+
+
+# torch.compile cannot look into the extension (a plain call breaks its graph), so under
+# compilation the kernel runs as a torch.library op, with a shape function and an autograd
+# formula over the same C++ entry points. Eager calls skip the dispatcher (a few us a call).
+@torch.library.custom_op("sepconv::depthwise", mutates_args=())
+def depthwise_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
+                 padding: list[int], dilation: list[int], relu: bool) -> torch.Tensor:
+    """Native NHWC depthwise forward: x (N, C, H, W) channels_last, weight (C, 1, kh, kw),
+    bias (C,) or None -> (N, C, OH, OW) channels_last, ReLU applied if `relu`."""
+    return load("depthwise").forward(x, weight, bias, stride, padding, dilation, relu, False)
+
+
+@depthwise_op.register_fake
+def _(x, weight, bias, stride, padding, dilation, relu):
+    (n, c, h, w), (kh, kw) = x.shape, weight.shape[2:]
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return x.new_empty((n, c, oh, ow)).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("sepconv::depthwise_backward", mutates_args=())
+def depthwise_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: list[int],
+                          padding: list[int], dilation: list[int], want: list[bool]) -> list[torch.Tensor]:
+    """[dx, dw, db] of depthwise_op, each an empty (0,) tensor where `want` says not needed."""
+    grads = load("depthwise").backward(x, dy, weight, stride, padding, dilation, *want)
+    return [x.new_empty(0) if g is None else g for g in grads]
+
+
+@depthwise_backward_op.register_fake
+def _(dy, x, weight, stride, padding, dilation, want):
+    return [dy.new_empty(x.shape).contiguous(memory_format=torch.channels_last) if want[0] else x.new_empty(0),
+            torch.empty_like(weight, memory_format=torch.contiguous_format) if want[1] else x.new_empty(0),
+            dy.new_empty(x.shape[1]) if want[2] else x.new_empty(0)]
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, _ = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.args, ctx.has_bias = (stride, padding, dilation), bias is not None
+
+
+def _backward(ctx, dy):
+    x, weight = ctx.saved_tensors
+    want = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    dx, dw, db = depthwise_backward_op(dy, x, weight, *ctx.args, want)
+    return (dx if want[0] else None, dw if want[1] else None, db if want[2] else None, None, None, None, None)
+
+
+depthwise_op.register_autograd(_backward, setup_context=_setup)
 
 
 def run_winograd_rows(x, weight, bias, spec: ConvSpec, relu: bool = False):
