@@ -184,3 +184,31 @@ def test_constructor_errors(build, exc, match):
 def test_call_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("tuned, captured", [
+    ("native", "sepconv.depthwise"),          # the eager plan, captured as the registered op
+    ("native_winograd_f2x2", "conv2d"),       # an extension call would break the graph
+    (None, "conv2d"),                         # nothing tuned: nothing to time while capturing
+])
+def test_torch_compile_runs_the_plan_tuned_in_eager_mode(tuned, captured, monkeypatch):
+    from sepconv import algorithms
+
+    monkeypatch.setattr(algorithms.tuner, "cached_choice", lambda key: tuned)
+    torch._dynamo.reset()
+    m = DepthwiseConv2d(16, 3, padding=1).eval()
+    x = torch.randn(2, 16, 10, 10).contiguous(memory_format=torch.channels_last)
+    targets = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes)
+        return gm.forward
+
+    with torch.no_grad():
+        y = torch.compile(m, fullgraph=True, backend=backend)(x)
+    assert any(captured in t for t in targets), targets
+    assert (tuned == "native") == any("sepconv" in t for t in targets), targets
+    torch.testing.assert_close(y, F.conv2d(x, m.weight, m.bias, padding=1, groups=16), rtol=1e-5, atol=1e-5)
+    # torch.export feeds exporters: standard ops only, whatever was tuned
+    exported = torch.export.export(m, (x,))
+    assert not any("sepconv" in str(n.target) for n in exported.graph.nodes)

@@ -65,6 +65,7 @@ class Algorithm:
     layouts: frozenset | None = None
     depth_multipliers: frozenset | None = None
     differentiable: bool = True
+    compilable: bool = True   # torch.compile can capture it in one graph
     fuses_relu: bool = False  # run(..., relu=True) applies ReLU in the same pass (inference)
     available: Callable[[], bool] = lambda: True
     unavailable_reason: Callable[[], str] = lambda: ""
@@ -170,7 +171,13 @@ def resolve(name: str, spec: ConvSpec, owner: str, x: torch.Tensor | None = None
         name = _FORCED[-1]
     if name == "auto":
         # nothing to time on meta tensors (shape inference, deferred initialisation)
-        if x is not None and (_tracing(x) or x.device.type == "meta"):
+        if x is not None and x.device.type == "meta":
+            return _REGISTRY["reference"]
+        # torch.compile cannot time either, but it can run what eager mode tuned for the
+        # spec (the native kernel is a registered op); exporters need standard ops
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+            return _REGISTRY[_compiled_choice(spec.key())]
+        if x is not None and _tracing(x):
             return _REGISTRY["reference"]
         return _REGISTRY[tuner.plan(spec).choice]
     algo = get_algorithm(name, owner)
@@ -284,6 +291,12 @@ class Tuner:
         if disk and self.path.exists():
             self.path.unlink()
 
+    def cached_choice(self, key: str) -> str | None:
+        """The choice of the plan stored under `key` (memory, then disk), without tuning."""
+        if key in self._plans:
+            return self._plans[key].choice
+        return self._load().get(machine_fingerprint(), {}).get(key, {}).get("choice")
+
     def plan(self, spec: ConvSpec, retune: bool = False) -> Plan:
         key = f"{spec.key()}-t{torch.get_num_threads()}"
         if not retune:
@@ -344,6 +357,16 @@ class Tuner:
 
 
 tuner = Tuner()
+
+
+@torch.compiler.assume_constant_result
+def _compiled_choice(spec_key: str) -> str:
+    """For torch.compile, which runs this once while capturing and keeps the answer: the
+    algorithm tuned for the spec in eager mode (in memory or on disk), if it can be captured
+    in the graph; else "reference"."""
+    choice = tuner.cached_choice(f"{spec_key}-t{torch.get_num_threads()}")
+    algo = _REGISTRY.get(choice)
+    return choice if algo is not None and algo.compilable and algo.available() else "reference"
 
 
 def _synchronized(fn, device: str):
@@ -420,10 +443,13 @@ register(Algorithm(
     _native_dw.run, **_NATIVE))
 register(Algorithm(
     "native_winograd_f2x2", "C++ NHWC 2-D Winograd F(2x2,3x3) (16 multiplies per 4 outputs), inference, CPU",
-    _native_dw.run_winograd_2d(2), **_NOT_WINOGRAD, **{**_NATIVE, "error_eps": F2X2_EPS}, differentiable=False))
+    _native_dw.run_winograd_2d(2), **_NOT_WINOGRAD, **{**_NATIVE, "error_eps": F2X2_EPS}, differentiable=False,
+    compilable=False))
 register(Algorithm(
     "native_winograd_f4x4", "C++ NHWC 2-D Winograd F(4x4,3x3) (36 multiplies per 16 outputs), inference, CPU",
-    _native_dw.run_winograd_2d(4), **_NOT_WINOGRAD, **{**_NATIVE, "error_eps": F4X4_EPS}, differentiable=False))
+    _native_dw.run_winograd_2d(4), **_NOT_WINOGRAD, **{**_NATIVE, "error_eps": F4X4_EPS}, differentiable=False,
+    compilable=False))
 register(Algorithm(
     "native_winograd_rows", "C++ NHWC row-wise Winograd F(2,3) (12 multiplies per 2 outputs), inference, CPU",
-    _native_dw.run_winograd_rows, **_NOT_WINOGRAD, **_NATIVE, differentiable=False))
+    _native_dw.run_winograd_rows, **_NOT_WINOGRAD, **_NATIVE, differentiable=False,
+    compilable=False))
