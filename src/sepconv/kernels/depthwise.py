@@ -1,5 +1,5 @@
-"""Python side of the native NHWC depthwise kernels: layout handling and transformed filters
-(autograd is in the C++ source)."""
+"""Python side of the native NHWC depthwise kernels: layout handling, transformed filters, and
+the torch.library ops that torch.compile captures (eager autograd is in the C++ source)."""
 
 from __future__ import annotations
 
