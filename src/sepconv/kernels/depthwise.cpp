@@ -159,10 +159,10 @@ void forward_rows(const T* x, const float* w, const float* b, T* y, const Geomet
       // outputs: the per-pixel fallback does one row.
       const bool two = KH > 0 && row + 1 < end && oh + 1 < g.OH && g.C % VL == 0 && g.OW >= 4;
       step = two ? 2 : 1;
-      if (prefetch) {
+      if (prefetch && !(two && KH > 0)) {
         // The next step (of `step` output rows) needs step * sh new input rows: ask for them
         // now, so the DRAM latency overlaps this step's arithmetic (inputs at batch 8 exceed
-        // the caches).
+        // the caches). Two-row blocks ask for them block by block instead (below).
         for (int r = 0; r < step * g.sh; ++r) {
           const int ih = ih0 + (step - 1) * g.sh + (kh - 1) * g.dh + 1 + r;
           if (ih < 0 || ih >= g.H) continue;
@@ -246,6 +246,17 @@ void forward_rows(const T* x, const float* w, const float* b, T* y, const Geomet
               const int iw0 = ow * SW - g.pw;
               const T* base = xn + ((int64_t)ih0 * g.W + iw0) * g.C + cb;   // (row ih0, column iw0)
               const int64_t row_step = g.W * g.C;
+              if (R == 2 && prefetch) {
+                // The next step's new input rows under this block: spread over the blocks,
+                // the misses overlap the arithmetic instead of queueing at the start of the
+                // step (measured 1.03-1.5x forward and 1.0-1.19x per training step on the
+                // 13-26 MB batch-8 layers, against whole rows asked for at once).
+#pragma GCC unroll 4
+                for (int r = KH + SW; r < KH + 3 * SW; ++r)
+                  if (ih0 + r < g.H)
+#pragma GCC unroll 8
+                    for (int q = 0; q < OBK * SW; ++q) __builtin_prefetch(base + r * row_step + q * g.C, 0, 1);
+              }
               fwd_accumulate<KH, KW, SW, DW, OBK, R>(
                   acc, wv,
                   [&](int r, int q) {
