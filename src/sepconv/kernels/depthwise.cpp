@@ -255,7 +255,9 @@ void forward_rows(const T* x, const float* w, const float* b, T* y, const Geomet
                 for (int r = KH + SW; r < KH + 3 * SW; ++r)
                   if (ih0 + r < g.H)
 #pragma GCC unroll 8
-                    for (int q = 0; q < OBK * SW; ++q) __builtin_prefetch(base + r * row_step + q * g.C, 0, 1);
+                    for (int q = 0; q < OBK * SW; ++q)
+                      if (!decltype(edge)::value || (iw0 + q >= 0 && iw0 + q < g.W))
+                        __builtin_prefetch(base + r * row_step + q * g.C, 0, 1);
               }
               fwd_accumulate<KH, KW, SW, DW, OBK, R>(
                   acc, wv,
