@@ -220,8 +220,8 @@ def test_one_pass_backward_declines_what_it_does_not_serve():
 
 @pytest.mark.parametrize("s", [1, 2])
 def test_training_step_on_an_input_over_8_mib(s):
-    # Inputs over 8 MiB (PREFETCH_BYTES) take the one-pass backward inside the autograd
-    # function; the gradients must be the float64 ones.
+    # Inputs over 8 MiB take the one-pass backward (from 4 MiB) and the prefetches (from
+    # 8 MiB) inside the autograd function; the gradients must be the float64 ones.
     x, w, b = _data((2, 64, 130, 130), (3, 3), torch.float32, seed=7)
     assert x.nbytes > 8 << 20
     xs, ws, bs = (t.detach().requires_grad_() for t in (x, w, b))

@@ -1103,10 +1103,11 @@ std::vector<at::Tensor> backward(const at::Tensor& x, const at::Tensor& grad, co
   const at::Tensor dy = grad.contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor dx, dw, db;
   std::vector<at::Tensor> both;
-  // One pass over dy for inputs from DRAM: measured 1.18-1.28x per training step at stride 1
-  // and 1.03-1.16x at stride 2 on MobileNet's batch-8 layers of 12-26 MB; on inputs that
-  // stay in cache it tied or lost up to 7% (its weight gradient goes by rows, not blocks).
-  if (want_dx && (want_dw || want_db) && x.nbytes() > PREFETCH_BYTES)
+  // One pass over dy for inputs over 4 MiB: measured 1.18-1.28x per training step at stride 1
+  // and 1.03-1.16x at stride 2 on MobileNet's batch-8 layers of 12-26 MB, 1.09-1.18x and
+  // 1.0-1.03x on 6.4 MB (256x28x28); on 3.2 MB and less it tied or lost up to 10% (its weight
+  // gradient goes by rows, not channel blocks).
+  if (want_dx && (want_dw || want_db) && x.nbytes() > (4 << 20))
     both = grad_both(x, dy, w, stride, padding, dilation, want_db);
   if (!both.empty()) {
     dx = both[0];
