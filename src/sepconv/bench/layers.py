@@ -163,15 +163,17 @@ def plot(rows, path) -> None:
     labels = [f"b{r['batch']} {r['channels']}x{r['size']} s{r['stride']}" for r in rows]
     fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.6), 5))
     width = 0.8 / len(names)
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: tab10's 10 repeat past ten series
     for i, n in enumerate(names):
         ax.bar([k + i * width for k in range(len(rows))],
-               [r["results"].get(n, {}).get("speedup_vs_best_torch", 0) for r in rows], width, label=n)
+               [r["results"].get(n, {}).get("speedup_vs_best_torch", 0) for r in rows], width, label=n,
+               color="black" if n == "auto" else colors[i % len(colors)])
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_xticks([k + 0.4 for k in range(len(rows))], labels, rotation=70, fontsize=7)
     ax.set_ylabel("speedup vs best PyTorch path (median, log)")
     ax.set_title(f"Depthwise 3x3, {rows[0]['mode']}, {torch.get_num_threads()} threads")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
