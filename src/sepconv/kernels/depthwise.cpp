@@ -1,5 +1,7 @@
 // Native NHWC depthwise convolution for CPU: forward (optionally fused with ReLU), input
-// gradient and weight gradient, float32 and bfloat16 (accumulation always in float32).
+// gradient and weight gradient (separately, or in one pass over dy), a C++ autograd function
+// for training, and the Winograd forward kernels (row-wise F(2,3), 2-D F(2x2) and F(4x4));
+// float32 and bfloat16 (accumulation always in float32).
 //
 // Layout: activations are channels_last tensors (data is N, H, W, C); the weight is passed
 // as float32 (kh, kw, C) so that one tap of 16 channels is one contiguous vector load.
