@@ -66,6 +66,8 @@ constexpr int64_t NT_BYTES = 2 << 20;
 // Software prefetch of the next rows pays only for inputs that come from DRAM: measured
 // 1.2-1.4x on 64x112x112 at batch 8 (25 MB), and 0.9-0.95x on inputs that stay in cache.
 constexpr int64_t PREFETCH_BYTES = 8 << 20;
+// Inputs from which training takes the one-pass backward (see backward()).
+constexpr int64_t ONE_PASS_BYTES = 4 << 20;
 inline void prefetch_row(const void* p, int64_t bytes) {
   for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(static_cast<const char*>(p) + off, 0, 1);
 }
@@ -149,157 +151,155 @@ void forward_rows(const T* x, const float* w, const float* b, T* y, const Geomet
   const bool prefetch = g.N * g.H * g.W * g.C * (int64_t)sizeof(T) > PREFETCH_BYTES;
   constexpr int OB = KH * KW <= 9 ? 8 : 4;
   const bool pixel_major = KH == 0;
-  {
-    for (int64_t row = begin, step = 1; row < end; row += step) {
-      const int64_t n = row / g.OH, oh = row % g.OH;
-      const T* xn = x + n * g.H * g.W * g.C;
-      T* yr = y + row * g.OW * g.C;
-      const int ih0 = oh * g.sh - g.ph;
-      // Two output rows at once: they share KH - SW of their KH + SW input rows, so each
-      // input vector loaded there feeds both (measured 1.02-1.25x at stride 1 and 1.0-1.3x
-      // at stride 2 on MobileNet's layers). Only with full channel blocks and rows of 4+
-      // outputs: the per-pixel fallback does one row.
-      const bool two = KH > 0 && row + 1 < end && oh + 1 < g.OH && g.C % VL == 0 && g.OW >= 4;
-      step = two ? 2 : 1;
-      if (prefetch && !(two && KH > 0)) {
-        // The next step (of `step` output rows) needs step * sh new input rows: ask for them
-        // now, so the DRAM latency overlaps this step's arithmetic (inputs at batch 8 exceed
-        // the caches). Two-row blocks ask for them block by block instead (below).
-        for (int r = 0; r < step * g.sh; ++r) {
-          const int ih = ih0 + (step - 1) * g.sh + (kh - 1) * g.dh + 1 + r;
-          if (ih < 0 || ih >= g.H) continue;
-          prefetch_row(xn + ih * g.W * g.C, g.W * g.C * sizeof(T));
-        }
-      }
-      auto pixel = [&](int ow, int64_t cb, int lanes, bool check) __attribute__((always_inline)) {
-        const int iw0 = ow * g.sw - g.pw;
-        auto ld = [lanes](const auto* p) __attribute__((always_inline)) { return lanes == VL ? IO<std::remove_cv_t<std::remove_pointer_t<decltype(p)>>>::load(p) : load_lanes(p, lanes); };
-        // Two accumulators (even and odd kernel rows), named rather than an indexed array: a
-        // runtime-indexed array lives on the stack and turns every FMA into a load-FMA-store
-        // chain (measured 3x slower).
-        vf acc0 = b ? ld(b + cb) : vf{}, acc1{};
-        for (int i = 0; i < kh; ++i) {
-          const int ih = ih0 + i * g.dh;
-          if (ih < 0 || ih >= g.H) continue;
-          const T* xr = xn + ih * g.W * g.C + cb;
-          const float* wr = w + i * kw * g.C + cb;
-          vf row{};
-          for (int j = 0; j < kw; ++j) {
-            const int iw = iw0 + j * g.dw;
-            if (check && (iw < 0 || iw >= g.W)) continue;
-            row += ld(xr + iw * g.C) * ld(wr + j * g.C);
-          }
-          if (i & 1) acc1 += row; else acc0 += row;
-        }
-        vf acc = acc0 + acc1;
-        if (relu) acc = acc > 0 ? acc : vf{};
-        store_lanes(yr + ow * g.C + cb, acc, lanes);
-      };
-      if (pixel_major) {
-        // Four channel blocks at a time: four independent FMA chains, one bounds check per tap.
-        constexpr int NV = 4;
-        const int64_t c4 = g.C / (NV * VL) * (NV * VL);
-        for (int ow = 0; ow < g.OW; ++ow) {
-          const int iw0 = ow * g.sw - g.pw;
-          for (int64_t cb = 0; cb < c4; cb += NV * VL) {
-            vf acc[NV];
-            for (int v = 0; v < NV; ++v) acc[v] = b ? loadf(b + cb + v * VL) : vf{};
-            for (int i = 0; i < kh; ++i) {
-              const int ih = ih0 + i * g.dh;
-              if (ih < 0 || ih >= g.H) continue;
-              const T* xr = xn + ih * g.W * g.C + cb;
-              const float* wr = w + i * kw * g.C + cb;
-              for (int j = 0; j < kw; ++j) {
-                const int iw = iw0 + j * g.dw;
-                if (iw < 0 || iw >= g.W) continue;
-                for (int v = 0; v < NV; ++v)
-                  acc[v] += IO<T>::load(xr + iw * g.C + v * VL) * loadf(wr + j * g.C + v * VL);
-              }
-            }
-            for (int v = 0; v < NV; ++v) {
-              if (relu) acc[v] = acc[v] > 0 ? acc[v] : vf{};
-              stream_store(yr + ow * g.C + cb + v * VL, acc[v], nt);
-            }
-          }
-          for (int64_t cb = c4; cb < g.C; cb += VL)
-            pixel(ow, cb, (int)std::min<int64_t>(VL, g.C - cb), ow < lo || ow >= hi);
-        }
-        continue;
-      }
-      for (int64_t cb = 0; cb < g.C; cb += VL) {
-        const int lanes = (int)std::min<int64_t>(VL, g.C - cb);
-        if constexpr (KH > 0) {
-          if (lanes == VL && g.OW >= 4) {
-            vf wv[KH * KW];
-#pragma GCC unroll 25
-            for (int t = 0; t < KH * KW; ++t) wv[t] = loadf(w + t * g.C + cb);
-            const vf bv = b ? loadf(b + cb) : vf{};
-            // Blocks of R rows (1 or 2) x OBK outputs cover the row; the last one is shifted
-            // left to end at OW (recomputing a few outputs) so that no output takes the
-            // per-pixel path. Blocks touching the padding test each input column they load.
-            // The KH + (R - 1) * SW input rows of a block are loaded once for all its rows
-            // (this path has no dilation: output row k reads input row i + k * SW).
-            auto block = [&](int ow, auto edge, auto ob, auto rr) __attribute__((always_inline)) {
-              constexpr int OBK = decltype(ob)::value, R = decltype(rr)::value;
-              vf acc[R][OBK];
-#pragma GCC unroll 8
-              for (int o = 0; o < OBK; ++o)
-                for (int k = 0; k < R; ++k) acc[k][o] = bv;
-              const int iw0 = ow * SW - g.pw;
-              const T* base = xn + ((int64_t)ih0 * g.W + iw0) * g.C + cb;   // (row ih0, column iw0)
-              const int64_t row_step = g.W * g.C;
-              if (R == 2 && prefetch) {
-                // The next step's new input rows under this block: spread over the blocks,
-                // the misses overlap the arithmetic instead of queueing at the start of the
-                // step (measured 1.03-1.5x forward and 1.0-1.19x per training step on the
-                // 13-26 MB batch-8 layers, against whole rows asked for at once).
-#pragma GCC unroll 4
-                for (int r = KH + SW; r < KH + 3 * SW; ++r)
-                  if (ih0 + r < g.H)
-#pragma GCC unroll 8
-                    for (int q = 0; q < OBK * SW; ++q)
-                      if (!decltype(edge)::value || (iw0 + q >= 0 && iw0 + q < g.W))
-                        __builtin_prefetch(base + r * row_step + q * g.C, 0, 1);
-              }
-              fwd_accumulate<KH, KW, SW, DW, OBK, R>(
-                  acc, wv,
-                  [&](int r, int q) {
-                    const bool in = !decltype(edge)::value || (iw0 + q >= 0 && iw0 + q < g.W);
-                    return in ? IO<T>::load(base + r * row_step + q * g.C) : vf{};
-                  },
-                  [&](int r) { return ih0 + r >= 0 && ih0 + r < g.H; });
-#pragma GCC unroll 8
-              for (int o = 0; o < OBK; ++o)
-                for (int k = 0; k < R; ++k) {
-                  if (relu) acc[k][o] = acc[k][o] > 0 ? acc[k][o] : vf{};
-                  stream_store(yr + (k * g.OW + ow + o) * g.C + cb, acc[k][o], nt);
-                }
-            };
-            auto row = [&](auto ob, auto rr) __attribute__((always_inline)) {
-              constexpr int OBK = decltype(ob)::value;
-              for (int ow = 0; ow < g.OW; ow += OBK) {
-                const int o = std::min(ow, (int)g.OW - OBK);
-                if (o >= lo && o + OBK <= hi) block(o, std::false_type{}, ob, rr);
-                else block(o, std::true_type{}, ob, rr);
-              }
-            };
-            using Four = std::integral_constant<int, 4>;
-            // Two rows take blocks of 4 (2 x 4 accumulators, KH*KW weights and one input row
-            // in registers; blocks of 8 spilled and measured no faster than one row). Rows
-            // shorter than a full block (7x7 maps) take half blocks.
-            if (two) row(Four{}, std::integral_constant<int, 2>{});
-            else if (g.OW >= OB) row(std::integral_constant<int, OB>{}, std::integral_constant<int, 1>{});
-            else row(Four{}, std::integral_constant<int, 1>{});
-            continue;
-          }
-        }
-        for (int ow = 0; ow < g.OW; ++ow) pixel(ow, cb, lanes, ow < lo || ow >= hi);
+  for (int64_t row = begin, step = 1; row < end; row += step) {
+    const int64_t n = row / g.OH, oh = row % g.OH;
+    const T* xn = x + n * g.H * g.W * g.C;
+    T* yr = y + row * g.OW * g.C;
+    const int ih0 = oh * g.sh - g.ph;
+    // Two output rows at once: they share KH - SW of their KH + SW input rows, so each
+    // input vector loaded there feeds both (measured 1.02-1.25x at stride 1 and 1.0-1.3x
+    // at stride 2 on MobileNet's layers). Only with full channel blocks and rows of 4+
+    // outputs: the per-pixel fallback does one row.
+    const bool two = KH > 0 && row + 1 < end && oh + 1 < g.OH && g.C % VL == 0 && g.OW >= 4;
+    step = two ? 2 : 1;
+    if (prefetch && !(two && KH > 0)) {
+      // The next step (of `step` output rows) needs step * sh new input rows: ask for them
+      // now, so the DRAM latency overlaps this step's arithmetic (inputs at batch 8 exceed
+      // the caches). Two-row blocks ask for them block by block instead (below).
+      for (int r = 0; r < step * g.sh; ++r) {
+        const int ih = ih0 + (step - 1) * g.sh + (kh - 1) * g.dh + 1 + r;
+        if (ih < 0 || ih >= g.H) continue;
+        prefetch_row(xn + ih * g.W * g.C, g.W * g.C * sizeof(T));
       }
     }
-#ifdef __AVX512F__
-    _mm_sfence();  // streamed stores must be visible before the pool reports completion
-#endif
+    auto pixel = [&](int ow, int64_t cb, int lanes, bool check) __attribute__((always_inline)) {
+      const int iw0 = ow * g.sw - g.pw;
+      auto ld = [lanes](const auto* p) __attribute__((always_inline)) { return lanes == VL ? IO<std::remove_cv_t<std::remove_pointer_t<decltype(p)>>>::load(p) : load_lanes(p, lanes); };
+      // Two accumulators (even and odd kernel rows), named rather than an indexed array: a
+      // runtime-indexed array lives on the stack and turns every FMA into a load-FMA-store
+      // chain (measured 3x slower).
+      vf acc0 = b ? ld(b + cb) : vf{}, acc1{};
+      for (int i = 0; i < kh; ++i) {
+        const int ih = ih0 + i * g.dh;
+        if (ih < 0 || ih >= g.H) continue;
+        const T* xr = xn + ih * g.W * g.C + cb;
+        const float* wr = w + i * kw * g.C + cb;
+        vf row{};
+        for (int j = 0; j < kw; ++j) {
+          const int iw = iw0 + j * g.dw;
+          if (check && (iw < 0 || iw >= g.W)) continue;
+          row += ld(xr + iw * g.C) * ld(wr + j * g.C);
+        }
+        if (i & 1) acc1 += row; else acc0 += row;
+      }
+      vf acc = acc0 + acc1;
+      if (relu) acc = acc > 0 ? acc : vf{};
+      store_lanes(yr + ow * g.C + cb, acc, lanes);
+    };
+    if (pixel_major) {
+      // Four channel blocks at a time: four independent FMA chains, one bounds check per tap.
+      constexpr int NV = 4;
+      const int64_t c4 = g.C / (NV * VL) * (NV * VL);
+      for (int ow = 0; ow < g.OW; ++ow) {
+        const int iw0 = ow * g.sw - g.pw;
+        for (int64_t cb = 0; cb < c4; cb += NV * VL) {
+          vf acc[NV];
+          for (int v = 0; v < NV; ++v) acc[v] = b ? loadf(b + cb + v * VL) : vf{};
+          for (int i = 0; i < kh; ++i) {
+            const int ih = ih0 + i * g.dh;
+            if (ih < 0 || ih >= g.H) continue;
+            const T* xr = xn + ih * g.W * g.C + cb;
+            const float* wr = w + i * kw * g.C + cb;
+            for (int j = 0; j < kw; ++j) {
+              const int iw = iw0 + j * g.dw;
+              if (iw < 0 || iw >= g.W) continue;
+              for (int v = 0; v < NV; ++v)
+                acc[v] += IO<T>::load(xr + iw * g.C + v * VL) * loadf(wr + j * g.C + v * VL);
+            }
+          }
+          for (int v = 0; v < NV; ++v) {
+            if (relu) acc[v] = acc[v] > 0 ? acc[v] : vf{};
+            stream_store(yr + ow * g.C + cb + v * VL, acc[v], nt);
+          }
+        }
+        for (int64_t cb = c4; cb < g.C; cb += VL)
+          pixel(ow, cb, (int)std::min<int64_t>(VL, g.C - cb), ow < lo || ow >= hi);
+      }
+      continue;
+    }
+    for (int64_t cb = 0; cb < g.C; cb += VL) {
+      const int lanes = (int)std::min<int64_t>(VL, g.C - cb);
+      if constexpr (KH > 0) {
+        if (lanes == VL && g.OW >= 4) {
+          vf wv[KH * KW];
+#pragma GCC unroll 25
+          for (int t = 0; t < KH * KW; ++t) wv[t] = loadf(w + t * g.C + cb);
+          const vf bv = b ? loadf(b + cb) : vf{};
+          // Blocks of R rows (1 or 2) x OBK outputs cover the row; the last one is shifted
+          // left to end at OW (recomputing a few outputs) so that no output takes the
+          // per-pixel path. Blocks touching the padding test each input column they load.
+          // The KH + (R - 1) * SW input rows of a block are loaded once for all its rows
+          // (this path has no dilation: output row k reads input row i + k * SW).
+          auto block = [&](int ow, auto edge, auto ob, auto rr) __attribute__((always_inline)) {
+            constexpr int OBK = decltype(ob)::value, R = decltype(rr)::value;
+            vf acc[R][OBK];
+#pragma GCC unroll 8
+            for (int o = 0; o < OBK; ++o)
+              for (int k = 0; k < R; ++k) acc[k][o] = bv;
+            const int iw0 = ow * SW - g.pw;
+            const T* base = xn + ((int64_t)ih0 * g.W + iw0) * g.C + cb;   // (row ih0, column iw0)
+            const int64_t row_step = g.W * g.C;
+            if (R == 2 && prefetch) {
+              // The next step's new input rows under this block: spread over the blocks,
+              // the misses overlap the arithmetic instead of queueing at the start of the
+              // step (measured 1.03-1.5x forward and 1.0-1.19x per training step on the
+              // 13-26 MB batch-8 layers, against whole rows asked for at once).
+#pragma GCC unroll 4
+              for (int r = KH + SW; r < KH + 3 * SW; ++r)
+                if (ih0 + r < g.H)
+#pragma GCC unroll 8
+                  for (int q = 0; q < OBK * SW; ++q)
+                    if (!decltype(edge)::value || (iw0 + q >= 0 && iw0 + q < g.W))
+                      __builtin_prefetch(base + r * row_step + q * g.C, 0, 1);
+            }
+            fwd_accumulate<KH, KW, SW, DW, OBK, R>(
+                acc, wv,
+                [&](int r, int q) {
+                  const bool in = !decltype(edge)::value || (iw0 + q >= 0 && iw0 + q < g.W);
+                  return in ? IO<T>::load(base + r * row_step + q * g.C) : vf{};
+                },
+                [&](int r) { return ih0 + r >= 0 && ih0 + r < g.H; });
+#pragma GCC unroll 8
+            for (int o = 0; o < OBK; ++o)
+              for (int k = 0; k < R; ++k) {
+                if (relu) acc[k][o] = acc[k][o] > 0 ? acc[k][o] : vf{};
+                stream_store(yr + (k * g.OW + ow + o) * g.C + cb, acc[k][o], nt);
+              }
+          };
+          auto row = [&](auto ob, auto rr) __attribute__((always_inline)) {
+            constexpr int OBK = decltype(ob)::value;
+            for (int ow = 0; ow < g.OW; ow += OBK) {
+              const int o = std::min(ow, (int)g.OW - OBK);
+              if (o >= lo && o + OBK <= hi) block(o, std::false_type{}, ob, rr);
+              else block(o, std::true_type{}, ob, rr);
+            }
+          };
+          using Four = std::integral_constant<int, 4>;
+          // Two rows take blocks of 4 (2 x 4 accumulators, KH*KW weights and one input row
+          // in registers; blocks of 8 spilled and measured no faster than one row). Rows
+          // shorter than a full block (7x7 maps) take half blocks.
+          if (two) row(Four{}, std::integral_constant<int, 2>{});
+          else if (g.OW >= OB) row(std::integral_constant<int, OB>{}, std::integral_constant<int, 1>{});
+          else row(Four{}, std::integral_constant<int, 1>{});
+          continue;
+        }
+      }
+      for (int ow = 0; ow < g.OW; ++ow) pixel(ow, cb, lanes, ow < lo || ow >= hi);
+    }
   }
+#ifdef __AVX512F__
+  _mm_sfence();  // streamed stores must be visible before the pool reports completion
+#endif
 }
 
 template <typename T, int KH, int KW, int SW, int DW>
@@ -312,6 +312,15 @@ void forward_kernel(const T* x, const float* w, const float* b, T* y, Geometry g
 // Channel count from which stride-1 3x3/5x5 layers go by planes (measured: 0.6x at 256
 // channels, 1.4-1.8x at 512 and 1024, ties at stride 2).
 constexpr int64_t PLANE_C = 512;
+
+// The kernel size the specialised kernels are compiled for (3 or 5), or 0 for the generic
+// loop: square 3x3 or 5x5, no dilation, equal strides of 1 or 2 (MobileNet-style layers).
+inline int specialised_k(const Geometry& g) {
+  return g.kh == g.kw && (g.kh == 3 || g.kh == 5) && g.dh == 1 && g.dw == 1 && g.sh == g.sw && g.sh <= 2 ? g.kh : 0;
+}
+
+// Whether a specialised layer (k from specialised_k) goes by padded planes.
+inline bool by_planes(const Geometry& g, int k) { return k && g.sw == 1 && g.C % VL == 0 && g.C >= PLANE_C; }
 
 // Forward by planes, for wide channel counts on small maps: with C*sizeof(T) a multiple of
 // 2-4 KiB, the NHWC neighbours of one channel block map to one or two L1 sets and evict each
@@ -571,78 +580,76 @@ void grad_input_rows(const T* dy, const float* w, T* dx, const Geometry& g, cons
                      int64_t begin, int64_t end) {
   const std::vector<int>&col_n = cols.n, &col_j = cols.j, &col_ow = cols.ow;
   const bool pairs = g.kh == 3 && g.kw == 3 && g.sw == 2 && g.dw == 1 && g.C % VL == 0;
-  {
-    std::vector<int> row_i(g.kh), row_oh(g.kh);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / g.H, ih = row % g.H;
-      const T* dyn = dy + n * g.OH * g.OW * g.C;
-      T* dxr = dx + row * g.W * g.C;
-      int rows_n = 0;
-      for (int i = 0; i < g.kh; ++i) {
-        const int num = ih + g.ph - i * g.dh;
-        if (num < 0 || num % g.sh || num / g.sh >= g.OH) continue;
-        row_i[rows_n] = i;
-        row_oh[rows_n++] = num / g.sh;
-      }
-      auto pixel = [&](int iw) {
-        const int* cj = col_j.data() + iw * g.kw;
-        const int* cow = col_ow.data() + iw * g.kw;
-        // NV channel blocks at a time (4, then 2): independent FMA chains hide FMA latency
-        int64_t c4 = g.C / (4 * VL) * (4 * VL);
-        gather_blocks<T, 4>(dyn, w, dxr + iw * g.C, g, 0, c4, rows_n, row_i.data(), row_oh.data(), col_n[iw], cj, cow);
-        const int64_t c2 = c4 + (g.C - c4) / (2 * VL) * (2 * VL);
-        gather_blocks<T, 2>(dyn, w, dxr + iw * g.C, g, c4, c2, rows_n, row_i.data(), row_oh.data(), col_n[iw], cj, cow);
-        c4 = c2;
-        for (int64_t cb = c4; cb < g.C; cb += VL) {
-          const int lanes = (int)std::min<int64_t>(VL, g.C - cb);
-          vf acc{};
-          for (int r = 0; r < rows_n; ++r) {
-            const T* dyr = dyn + row_oh[r] * g.OW * g.C + cb;
-            const float* wr = w + row_i[r] * g.kw * g.C + cb;
-            for (int q = 0; q < col_n[iw]; ++q)
-              acc += load_lanes(dyr + cow[q] * g.C, lanes) * load_lanes(wr + cj[q] * g.C, lanes);
-          }
-          store_lanes(dxr + iw * g.C + cb, acc, lanes);
+  std::vector<int> row_i(g.kh), row_oh(g.kh);
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / g.H, ih = row % g.H;
+    const T* dyn = dy + n * g.OH * g.OW * g.C;
+    T* dxr = dx + row * g.W * g.C;
+    int rows_n = 0;
+    for (int i = 0; i < g.kh; ++i) {
+      const int num = ih + g.ph - i * g.dh;
+      if (num < 0 || num % g.sh || num / g.sh >= g.OH) continue;
+      row_i[rows_n] = i;
+      row_oh[rows_n++] = num / g.sh;
+    }
+    auto pixel = [&](int iw) {
+      const int* cj = col_j.data() + iw * g.kw;
+      const int* cow = col_ow.data() + iw * g.kw;
+      // NV channel blocks at a time (4, then 2): independent FMA chains hide FMA latency
+      int64_t c4 = g.C / (4 * VL) * (4 * VL);
+      gather_blocks<T, 4>(dyn, w, dxr + iw * g.C, g, 0, c4, rows_n, row_i.data(), row_oh.data(), col_n[iw], cj, cow);
+      const int64_t c2 = c4 + (g.C - c4) / (2 * VL) * (2 * VL);
+      gather_blocks<T, 2>(dyn, w, dxr + iw * g.C, g, c4, c2, rows_n, row_i.data(), row_oh.data(), col_n[iw], cj, cow);
+      c4 = c2;
+      for (int64_t cb = c4; cb < g.C; cb += VL) {
+        const int lanes = (int)std::min<int64_t>(VL, g.C - cb);
+        vf acc{};
+        for (int r = 0; r < rows_n; ++r) {
+          const T* dyr = dyn + row_oh[r] * g.OW * g.C + cb;
+          const float* wr = w + row_i[r] * g.kw * g.C + cb;
+          for (int q = 0; q < col_n[iw]; ++q)
+            acc += load_lanes(dyr + cow[q] * g.C, lanes) * load_lanes(wr + cj[q] * g.C, lanes);
         }
-      };
-      int iw = 0;
-      if (pairs) {
-        // 3x3 at stride 2: an input column (iw + pw even) takes taps j = 0 and 2 from output
-        // columns e = (iw + pw) / 2 and e - 1, and the next column takes tap j = 1 from e. So
-        // OB such column pairs need OB + 1 dy vectors per kernel row for 3 * OB FMAs.
-        constexpr int OB = 4;
-        while (iw < g.W && ((iw + g.pw) % 2 != 0 || (iw + g.pw) / 2 < 1)) pixel(iw++);
-        const int e0 = (iw + g.pw) / 2;
-        const int npairs = std::max(0, std::min((int)(g.W - iw) / 2, (int)g.OW - e0) / OB * OB);
-        for (int64_t cb = 0; cb < g.C; cb += VL) {
-          vf wv[3][3];
-          for (int r = 0; r < rows_n; ++r)
-            for (int j = 0; j < 3; ++j) wv[r][j] = loadf(w + (row_i[r] * 3 + j) * g.C + cb);
-          for (int pb = 0; pb < npairs; pb += OB) {
-            vf even[OB] = {}, odd[OB] = {};
-            for (int r = 0; r < rows_n; ++r) {
-              const T* dyr = dyn + (row_oh[r] * g.OW + e0 + pb - 1) * g.C + cb;
-              vf d[OB + 1];
+        store_lanes(dxr + iw * g.C + cb, acc, lanes);
+      }
+    };
+    int iw = 0;
+    if (pairs) {
+      // 3x3 at stride 2: an input column (iw + pw even) takes taps j = 0 and 2 from output
+      // columns e = (iw + pw) / 2 and e - 1, and the next column takes tap j = 1 from e. So
+      // OB such column pairs need OB + 1 dy vectors per kernel row for 3 * OB FMAs.
+      constexpr int OB = 4;
+      while (iw < g.W && ((iw + g.pw) % 2 != 0 || (iw + g.pw) / 2 < 1)) pixel(iw++);
+      const int e0 = (iw + g.pw) / 2;
+      const int npairs = std::max(0, std::min((int)(g.W - iw) / 2, (int)g.OW - e0) / OB * OB);
+      for (int64_t cb = 0; cb < g.C; cb += VL) {
+        vf wv[3][3];
+        for (int r = 0; r < rows_n; ++r)
+          for (int j = 0; j < 3; ++j) wv[r][j] = loadf(w + (row_i[r] * 3 + j) * g.C + cb);
+        for (int pb = 0; pb < npairs; pb += OB) {
+          vf even[OB] = {}, odd[OB] = {};
+          for (int r = 0; r < rows_n; ++r) {
+            const T* dyr = dyn + (row_oh[r] * g.OW + e0 + pb - 1) * g.C + cb;
+            vf d[OB + 1];
 #pragma GCC unroll 8
-              for (int q = 0; q <= OB; ++q) d[q] = IO<T>::load(dyr + q * g.C);
-#pragma GCC unroll 8
-              for (int o = 0; o < OB; ++o) {
-                even[o] += d[o + 1] * wv[r][0] + d[o] * wv[r][2];
-                odd[o] += d[o + 1] * wv[r][1];
-              }
-            }
-            T* out = dxr + (iw + 2 * pb) * g.C + cb;
+            for (int q = 0; q <= OB; ++q) d[q] = IO<T>::load(dyr + q * g.C);
 #pragma GCC unroll 8
             for (int o = 0; o < OB; ++o) {
-              IO<T>::store(out + 2 * o * g.C, even[o]);
-              IO<T>::store(out + (2 * o + 1) * g.C, odd[o]);
+              even[o] += d[o + 1] * wv[r][0] + d[o] * wv[r][2];
+              odd[o] += d[o + 1] * wv[r][1];
             }
           }
+          T* out = dxr + (iw + 2 * pb) * g.C + cb;
+#pragma GCC unroll 8
+          for (int o = 0; o < OB; ++o) {
+            IO<T>::store(out + 2 * o * g.C, even[o]);
+            IO<T>::store(out + (2 * o + 1) * g.C, odd[o]);
+          }
         }
-        iw += 2 * npairs;
       }
-      for (; iw < g.W; ++iw) pixel(iw);
+      iw += 2 * npairs;
     }
+    for (; iw < g.W; ++iw) pixel(iw);
   }
 }
 
@@ -661,6 +668,15 @@ inline void store_grads(const float* acc, float* dw, float* db, const Geometry& 
   for (int64_t c = 0; c < g.C; ++c)
     for (int64_t t = 0; t < taps; ++t) dw[c * taps + t] = acc[t * g.C + c];
   if (db) std::copy(acc + taps * g.C, acc + (taps + 1) * g.C, db);
+}
+
+// `parts` per-thread accumulator buffers, laid out one after another: summed into the first,
+// then stored as dw and db.
+inline void store_partials(std::vector<float>& partial, int64_t parts, float* dw, float* db, const Geometry& g) {
+  const int64_t size = (g.kh * g.kw + 1) * g.C;
+  for (int64_t p = 1; p < parts; ++p)
+    for (int64_t k = 0; k < size; ++k) partial[k] += partial[p * size + k];
+  store_grads(partial.data(), dw, db, g);
 }
 
 // Weight-gradient accumulation over OB consecutive output columns of R output rows (1 or
@@ -851,9 +867,7 @@ void grad_weight_kernel(const T* x, const T* dy, float* dw, float* db, Geometry 
             grad_weight_rows<T, KH, KW>(x, dy, g, row, row + 1, cb, partial.data() + p * taps * g.C);
     });
   }
-  for (int64_t p = 1; p < parts; ++p)
-    for (int64_t k = 0; k < taps * g.C; ++k) partial[k] += partial[p * taps * g.C + k];
-  store_grads(partial.data(), dw, db, g);
+  store_partials(partial, parts, dw, db, g);
 }
 
 // Weight gradient by padded planes, for wide channel counts at stride 1 (as the forward):
@@ -924,9 +938,7 @@ void backward_kernel(const T* x, const T* dy, const float* w, const float* wf, T
       }
     }
   });
-  for (int64_t p = 1; p < parts; ++p)
-    for (int64_t k = 0; k < taps * g.C; ++k) partial[k] += partial[p * taps * g.C + k];
-  store_grads(partial.data(), dw, db, g);
+  store_partials(partial, parts, dw, db, g);
 }
 
 Geometry geometry(const at::Tensor& x, int64_t kh, int64_t kw, std::vector<int64_t> s,
@@ -996,11 +1008,8 @@ at::Tensor forward(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> b, std:
   DISPATCH(x.scalar_type(), {
     const T* xp = x.data_ptr<T>();
     T* yp = y.data_ptr<T>();
-    // Specialised for the shapes of MobileNet-style networks: 3x3 and 5x5, stride 1 or 2,
-    // no dilation (equal steps along both axes); everything else takes the generic loop.
-    const bool plain = g.dh == 1 && g.dw == 1 && g.sh == g.sw;
-    const int k = (g.kh == g.kw && (g.kh == 3 || g.kh == 5) && plain && g.sh <= 2) ? g.kh : 0;
-    const bool plane = k && g.sw == 1 && g.C % VL == 0 && g.C >= PLANE_C;
+    const int k = specialised_k(g);
+    const bool plane = by_planes(g, k);
     if (plane && k == 3 && g.sw == 1) forward_plane_kernel<T, 3, 3, 1>(xp, wp, bp, yp, g, relu);
     else if (plane && k == 3) forward_plane_kernel<T, 3, 3, 2>(xp, wp, bp, yp, g, relu);
     else if (plane && k == 5 && g.sw == 1) forward_plane_kernel<T, 5, 5, 1>(xp, wp, bp, yp, g, relu);
@@ -1038,10 +1047,10 @@ std::vector<at::Tensor> grad_weight(at::Tensor x, at::Tensor dy, int64_t kh, int
     const T* dyp = dy.data_ptr<T>();
     float* dwp = dw.data_ptr<float>();
     float* dbp = bias ? db.data_ptr<float>() : nullptr;
-    const int k = (kh == kw && (kh == 3 || kh == 5) && g.dh == 1 && g.dw == 1 && g.sh == g.sw && g.sh <= 2) ? kh : 0;
+    const int k = specialised_k(g);
     // padded planes where the forward pass uses them (L1 aliasing of wide channel counts;
     // measured 1.3-1.6x over the row kernel at 512-1024 channels, batch 8)
-    const bool plane = k && g.sw == 1 && g.C % VL == 0 && g.C >= PLANE_C;
+    const bool plane = by_planes(g, k);
     if (plane && k == 3) grad_weight_plane_kernel<T, 3, 3, 1>(xp, dyp, dwp, dbp, g);
     else if (plane && k == 5) grad_weight_plane_kernel<T, 5, 5, 1>(xp, dyp, dwp, dbp, g);
     else if (g.kh == 3 && g.kw == 3) grad_weight_kernel<T, 3, 3>(xp, dyp, dwp, dbp, g);
@@ -1060,9 +1069,9 @@ std::vector<at::Tensor> grad_both(at::Tensor x, at::Tensor dy, at::Tensor w, std
   check_nhwc(x, "input");
   check_nhwc(dy, "grad_output");
   const auto g = geometry(x, w.size(2), w.size(3), stride, padding, dilation);
-  const int k = (g.kh == g.kw && (g.kh == 3 || g.kh == 5) && g.dh == 1 && g.dw == 1 && g.sh == g.sw && g.sh <= 2) ? g.kh : 0;
+  const int k = specialised_k(g);
   const std::vector<int64_t> flip_pad = {g.kh - 1 - g.ph, g.kw - 1 - g.pw};
-  const bool plane = k && g.sw == 1 && g.C % VL == 0 && g.C >= PLANE_C;
+  const bool plane = by_planes(g, k);
   if (!k || plane || x.scalar_type() != dy.scalar_type() || (g.sh == 1 && (flip_pad[0] < 0 || flip_pad[1] < 0)))
     return {};
   const auto gf = geometry(dy, k, k, {1, 1}, flip_pad, {1, 1});
@@ -1109,7 +1118,7 @@ std::vector<at::Tensor> backward(const at::Tensor& x, const at::Tensor& grad, co
   // and 1.03-1.16x at stride 2 on MobileNet's batch-8 layers of 12-26 MB, 1.09-1.18x and
   // 1.0-1.03x on 6.4 MB (256x28x28); on 3.2 MB and less it tied or lost up to 10% (its weight
   // gradient goes by rows, not channel blocks).
-  if (want_dx && (want_dw || want_db) && x.nbytes() > (4 << 20))
+  if (want_dx && (want_dw || want_db) && x.nbytes() > ONE_PASS_BYTES)
     both = grad_both(x, dy, w, stride, padding, dilation, want_db);
   if (!both.empty()) {
     dx = both[0];
