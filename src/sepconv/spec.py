@@ -15,6 +15,12 @@ from ._validation import fail, pair, tensor
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
+def conv_out_size(size, kernel_size, stride, padding, dilation) -> tuple[int, int]:
+    """(out_h, out_w) of a convolution over a (h, w) input, each argument a pair (as F.conv2d)."""
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                 for n, k, s, p, d in zip(size, kernel_size, stride, padding, dilation))
+
+
 def layout_of(x: torch.Tensor) -> str:
     """'nhwc' when `x` is channels_last and not also plain contiguous, 'nchw' when contiguous,
     'strided' otherwise (non-contiguous views)."""
@@ -73,10 +79,7 @@ class ConvSpec:
 
     @property
     def out_size(self) -> tuple[int, int]:
-        return tuple(
-            (n + 2 * p - d * (k - 1) - 1) // s + 1
-            for n, p, d, k, s in zip((self.height, self.width), self.padding, self.dilation,
-                                     self.kernel_size, self.stride))
+        return conv_out_size((self.height, self.width), self.kernel_size, self.stride, self.padding, self.dilation)
 
     def key(self) -> str:
         """A stable string naming everything that can change which algorithm is fastest."""

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ..spec import ConvSpec
+from ..spec import ConvSpec, conv_out_size
 from . import load
 
 
@@ -39,10 +39,8 @@ def depthwise_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 
 @depthwise_op.register_fake
 def _(x, weight, bias, stride, padding, dilation, relu):
-    (n, c, h, w), (kh, kw) = x.shape, weight.shape[2:]
-    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    return x.new_empty((n, c, oh, ow)).contiguous(memory_format=torch.channels_last)
+    oh, ow = conv_out_size(x.shape[2:], weight.shape[2:], stride, padding, dilation)
+    return x.new_empty((x.shape[0], x.shape[1], oh, ow)).contiguous(memory_format=torch.channels_last)
 
 
 @torch.library.custom_op("sepconv::depthwise_backward", mutates_args=())
