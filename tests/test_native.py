@@ -239,6 +239,20 @@ def test_training_step_on_an_input_over_8_mib(s):
     assert ((bs.grad.double() - dy64.sum(dim=(0, 2, 3))).abs() <= 2 * terms * eps * dy64.abs().sum(dim=(0, 2, 3))).all()
 
 
+@pytest.mark.parametrize("c", [48, 40])
+def test_input_gradient_with_streamed_stores(c):
+    # A stride-2 dx over 2 MiB is written with non-temporal stores (where a channel block is
+    # 64-byte aligned: every block at C = 48, only the first of each pixel at C = 40).
+    x, w, _ = _data((1, c, 121, 123), (3, 3), torch.float32, seed=11)
+    assert x.nbytes > 2 << 20
+    dy = torch.randn(1, c, 61, 62, generator=torch.Generator().manual_seed(12)).contiguous(memory_format=torch.channels_last)
+    dx = kernels.load("depthwise").grad_input(dy, w, list(x.shape), (2, 2), (1, 1), (1, 1))
+    args = dict(stride=2, padding=1, groups=c)
+    want = conv2d_input(x.shape, w.double(), dy.double(), **args)
+    bound = 2 * 9 * torch.finfo(torch.float32).eps * conv2d_input(x.shape, w.double().abs(), dy.double().abs(), **args)
+    assert ((dx.double() - want).abs() <= bound).all()
+
+
 @pytest.mark.parametrize("s", [1, 2])
 def test_one_pass_backward_bfloat16(s):
     # bfloat16 activations: float32 accumulation, dx rounded once to bfloat16, dw kept float32
