@@ -183,11 +183,13 @@ def test_native_winograd_forward(name, dtype, shape, p):
 @pytest.mark.parametrize("shape,k,s,p", [
     ((3, 32, 9, 11), 3, 1, 1), ((3, 32, 9, 11), 3, 1, 0), ((2, 16, 12, 7), 3, 2, 1),
     ((3, 48, 11, 10), 3, 2, 0), ((2, 16, 10, 9), 5, 1, 2), ((2, 33, 13, 12), 5, 2, 2),
-    ((1, 16, 1, 5), 3, 1, 1)])
+    ((1, 16, 1, 5), 3, 1, 1),
+    # by planes (C >= 512, stride 1, both padded planes within half of L1)
+    ((3, 512, 7, 7), 3, 1, 1), ((2, 528, 6, 5), 3, 1, 0), ((2, 512, 5, 6), 5, 1, 2)])
 def test_one_pass_backward(shape, k, s, p, threads):
     # grad_both splits dy's rows over threads, two at a time, each step also writing the input
     # rows it owns: row ranges that cross images, odd counts and partial channel blocks
-    # must still give every input row once.
+    # must still give every input row once. Planes: channel blocks over threads, every image.
     x, w, _ = _data(shape, (k, k), torch.float32, seed=5)
     y_shape = F.conv2d(x, w, None, s, p, 1, shape[1]).shape
     dy = torch.randn(y_shape, generator=torch.Generator().manual_seed(6)).contiguous(memory_format=torch.channels_last)
@@ -214,7 +216,7 @@ def test_one_pass_backward_declines_what_it_does_not_serve():
     x, w, _ = _data((1, 16, 9, 9), (3, 3), torch.float32)
     dy = torch.randn(1, 16, 9, 9).contiguous(memory_format=torch.channels_last)
     assert mod.grad_both(x, dy, w, (1, 1), (2, 2), (2, 2), False) == []        # dilation 2
-    x, w, _ = _data((1, 512, 4, 4), (3, 3), torch.float32)                     # plane case
+    x, w, _ = _data((1, 512, 14, 14), (3, 3), torch.float32)   # planes over half of L1
     assert mod.grad_both(x, x, w, (1, 1), (1, 1), (1, 1), False) == []
 
 
