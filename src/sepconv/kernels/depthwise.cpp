@@ -633,34 +633,41 @@ void grad_input_rows(const T* dy, const float* w, T* dx, const Geometry& g, cons
       // 3x3 at stride 2: an input column (iw + pw even) takes taps j = 0 and 2 from output
       // columns e = (iw + pw) / 2 and e - 1, and the next column takes tap j = 1 from e. So
       // OB such column pairs need OB + 1 dy vectors per kernel row for 3 * OB FMAs.
-      constexpr int OB = 4;
       while (iw < g.W && ((iw + g.pw) % 2 != 0 || (iw + g.pw) / 2 < 1)) pixel(iw++);
       const int e0 = (iw + g.pw) / 2;
-      const int npairs = std::max(0, std::min((int)(g.W - iw) / 2, (int)g.OW - e0) / OB * OB);
+      const int npairs = std::max(0, std::min((int)(g.W - iw) / 2, (int)g.OW - e0));
+      const int wide = npairs / 4 * 4;
       for (int64_t cb = 0; cb < g.C; cb += VL) {
         vf wv[3][3];
         for (int r = 0; r < rows_n; ++r)
           for (int j = 0; j < 3; ++j) wv[r][j] = loadf(w + (row_i[r] * 3 + j) * g.C + cb);
-        for (int pb = 0; pb < npairs; pb += OB) {
-          vf even[OB] = {}, odd[OB] = {};
-          for (int r = 0; r < rows_n; ++r) {
-            const T* dyr = dyn + (row_oh[r] * g.OW + e0 + pb - 1) * g.C + cb;
-            vf d[OB + 1];
+        auto pair_blocks = [&](auto ob, int pb, int pb_end) __attribute__((always_inline)) {
+          constexpr int OB = decltype(ob)::value;
+          for (; pb < pb_end; pb += OB) {
+            vf even[OB] = {}, odd[OB] = {};
+            for (int r = 0; r < rows_n; ++r) {
+              const T* dyr = dyn + (row_oh[r] * g.OW + e0 + pb - 1) * g.C + cb;
+              vf d[OB + 1];
 #pragma GCC unroll 8
-            for (int q = 0; q <= OB; ++q) d[q] = IO<T>::load(dyr + q * g.C);
+              for (int q = 0; q <= OB; ++q) d[q] = IO<T>::load(dyr + q * g.C);
+#pragma GCC unroll 8
+              for (int o = 0; o < OB; ++o) {
+                even[o] += d[o + 1] * wv[r][0] + d[o] * wv[r][2];
+                odd[o] += d[o + 1] * wv[r][1];
+              }
+            }
+            T* out = dxr + (iw + 2 * pb) * g.C + cb;
 #pragma GCC unroll 8
             for (int o = 0; o < OB; ++o) {
-              even[o] += d[o + 1] * wv[r][0] + d[o] * wv[r][2];
-              odd[o] += d[o + 1] * wv[r][1];
+              stream_store(out + 2 * o * g.C, even[o], nt);
+              stream_store(out + (2 * o + 1) * g.C, odd[o], nt);
             }
           }
-          T* out = dxr + (iw + 2 * pb) * g.C + cb;
-#pragma GCC unroll 8
-          for (int o = 0; o < OB; ++o) {
-            stream_store(out + 2 * o * g.C, even[o], nt);
-            stream_store(out + (2 * o + 1) * g.C, odd[o], nt);
-          }
-        }
+        };
+        pair_blocks(std::integral_constant<int, 4>{}, 0, wide);
+        // then the pairs left over, one at a time (rather than by the per-pixel path: the input
+        // gradient at stride 2 measured 1.05-1.24x faster on MobileNet's layers)
+        pair_blocks(std::integral_constant<int, 1>{}, wide, npairs);
       }
       iw += 2 * npairs;
     }
