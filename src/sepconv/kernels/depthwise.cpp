@@ -309,102 +309,10 @@ void forward_kernel(const T* x, const float* w, const float* b, T* y, Geometry g
   });
 }
 
-// Channel count from which stride-1 3x3/5x5 layers go by planes (measured: 0.6x at 256
-// channels, 1.4-1.8x at 512 and 1024, ties at stride 2).
-constexpr int64_t PLANE_C = 512;
-
 // The kernel size the specialised kernels are compiled for (3 or 5), or 0 for the generic
 // loop: square 3x3 or 5x5, no dilation, equal strides of 1 or 2 (MobileNet-style layers).
 inline int specialised_k(const Geometry& g) {
   return g.kh == g.kw && (g.kh == 3 || g.kh == 5) && g.dh == 1 && g.dw == 1 && g.sh == g.sw && g.sh <= 2 ? g.kh : 0;
-}
-
-// Whether a specialised layer (k from specialised_k) goes by padded planes.
-inline bool by_planes(const Geometry& g, int k) { return k && g.sw == 1 && g.C % VL == 0 && g.C >= PLANE_C; }
-
-// Whether a plane's two padded buffers of the one-pass backward (input and dy) fit in half of
-// L1 (32 KiB on Zen 4). Measured per training step against two kernels: 1.09-1.18x where they
-// do (1024x7x7 and 512x7x7 at batch 8), 0.86-0.97x on 512x14x14 at batch 8 (2 x 16 KiB).
-inline bool plane_one_pass(const Geometry& g, int k) {
-  const int64_t x_plane = (g.OH - 1 + k) * (g.OW - 1 + k), dy_plane = (g.H - 1 + k) * (g.W - 1 + k);
-  return by_planes(g, k) && g.ph <= k - 1 && g.pw <= k - 1 && (x_plane + dy_plane) * VL * 4 <= (16 << 10);
-}
-
-// Forward by planes, for wide channel counts on small maps: with C*sizeof(T) a multiple of
-// 2-4 KiB, the NHWC neighbours of one channel block map to one or two L1 sets and evict each
-// other, so each (image, channel block) plane is first copied into a zero-padded contiguous
-// buffer (at most a few KiB), and every output of the plane is then computed from it
-// without bounds checks. Requires C % VL == 0, a compile-time kernel and dilation 1.
-// One channel block of an (H, W) input plane -> rows [0, PH) x columns [0, PW) of a padded
-// buffer. Only in-range pixels are written: a zero-initialised buffer keeps zero padding
-// across planes of the same geometry.
-template <typename T>
-inline void copy_plane(const T* xn, vf* buf, int PH, int PW, const Geometry& g) {
-  for (int r = 0; r < PH; ++r) {
-    const int ih = r - g.ph;
-    if (ih < 0 || ih >= g.H) continue;
-    for (int c = 0; c < PW; ++c) {
-      const int iw = c - g.pw;
-      if (iw >= 0 && iw < g.W) buf[r * PW + c] = IO<T>::load(xn + (ih * g.W + iw) * g.C);
-    }
-  }
-}
-
-// The outputs of one (image, channel block) plane from its padded buffer (row stride PW).
-template <typename T, int KH, int KW, int S>
-inline void plane_forward(const vf* buf, int PW, const vf* wv, vf bv, T* yn, const Geometry& g, bool relu) {
-  constexpr int OB = KH * KW <= 9 ? 8 : 4;
-  auto block = [&](int oh, int ow, auto ob, auto rr) __attribute__((always_inline)) {
-    constexpr int OBK = decltype(ob)::value, R = decltype(rr)::value;
-    vf acc[R][OBK];
-#pragma GCC unroll 8
-    for (int o = 0; o < OBK; ++o)
-      for (int k = 0; k < R; ++k) acc[k][o] = bv;
-    const vf* xb = buf + oh * S * PW + ow * S;
-    fwd_accumulate<KH, KW, S, 1, OBK, R>(acc, wv, [&](int r, int q) { return xb[r * PW + q]; },
-                                         [](int) { return true; });
-#pragma GCC unroll 8
-    for (int o = 0; o < OBK; ++o)
-      for (int k = 0; k < R; ++k) {
-        if (relu) acc[k][o] = acc[k][o] > 0 ? acc[k][o] : vf{};
-        IO<T>::store(yn + ((oh + k) * g.OW + ow + o) * g.C, acc[k][o]);
-      }
-  };
-  using One = std::integral_constant<int, 1>;
-  using Two = std::integral_constant<int, 2>;
-  auto rows = [&](auto ob) __attribute__((always_inline)) {
-    constexpr int OBK = decltype(ob)::value;
-    int oh = 0;
-    if constexpr (OBK >= 4) {   // pairs of rows, in blocks of 4 (registers: 2 x 4 + KH*KW + a row)
-      using Four = std::integral_constant<int, 4>;
-      for (; oh + 1 < g.OH; oh += 2)
-        for (int ow = 0; ow < g.OW; ow += 4) block(oh, std::min(ow, (int)g.OW - 4), Four{}, Two{});
-    }
-    for (; oh < g.OH; ++oh)
-      for (int ow = 0; ow < g.OW; ow += OBK) block(oh, std::min(ow, (int)g.OW - OBK), ob, One{});
-  };
-  if (g.OW >= OB) rows(std::integral_constant<int, OB>{});
-  else if (g.OW >= 4) rows(std::integral_constant<int, 4>{});
-  else if (g.OW >= 2) rows(std::integral_constant<int, 2>{});
-  else rows(std::integral_constant<int, 1>{});
-}
-
-template <typename T, int KH, int KW>
-void forward_plane_kernel(const T* x, const float* w, const float* b, T* y, Geometry g, bool relu) {
-  const int64_t blocks = g.C / VL;
-  const int PH = g.OH - 1 + KH, PW = g.OW - 1 + KW;   // padded plane actually read
-  at::parallel_for(0, g.N * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<vf> buf(PH * PW, vf{});
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t n = job / blocks, cb = job % blocks * VL;
-      copy_plane(x + n * g.H * g.W * g.C + cb, buf.data(), PH, PW, g);
-      vf wv[KH * KW];
-#pragma GCC unroll 25
-      for (int t = 0; t < KH * KW; ++t) wv[t] = loadf(w + t * g.C + cb);
-      const vf bv = b ? loadf(b + cb) : vf{};
-      plane_forward<T, KH, KW, 1>(buf.data(), PW, wv, bv, y + n * g.OH * g.OW * g.C + cb, g, relu);
-    }
-  });
 }
 
 // Row-wise Winograd F(2,3) for 3x3, stride 1, dilation 1 (inference). For each output row
@@ -895,82 +803,6 @@ void grad_weight_kernel(const T* x, const T* dy, float* dw, float* db, Geometry 
   store_partials(partial, parts, dw, db, g);
 }
 
-// Weight gradient by padded planes, for wide channel counts at stride 1 (as the forward):
-// each job owns one channel block and walks every image, copying each input plane into a
-// zero-padded buffer first, so the NHWC neighbours that alias in L1 are read once.
-// Adds one plane's weight gradient (stride 1) into acc and sum: the padded input plane from
-// buf (row stride PW), dy(oh, ow) the plane's dy vectors.
-template <int KH, int KW, typename DY>
-inline void plane_weight_grad(const vf* buf, int PW, DY dy, vf* acc, vf& sum, const Geometry& g) {
-  for (int oh = 0; oh < g.OH; ++oh) {
-    int ow = 0;
-    auto run = [&](auto ob) __attribute__((always_inline)) {
-      constexpr int OB = decltype(ob)::value;
-      for (; ow + OB <= g.OW; ow += OB) {
-        const vf* xr = buf + oh * PW + ow;
-        dw_accumulate<KH, KW, 1, OB, 1>(acc, sum, [&](int, int o) { return dy(oh, ow + o); },
-                                        [&](int i, int q) { return xr[i * PW + q]; }, [](int) { return true; });
-      }
-    };
-    run(std::integral_constant<int, dw_ob(KH * KW)>{});
-    run(std::integral_constant<int, 1>{});
-  }
-}
-
-template <typename T, int KH, int KW>
-void grad_weight_plane_kernel(const T* x, const T* dy, float* dw, float* db, Geometry g) {
-  const int64_t blocks = g.C / VL;
-  const int PH = g.OH - 1 + KH, PW = g.OW - 1 + KW;
-  std::vector<float> acc_all((KH * KW + 1) * g.C);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<vf> buf(PH * PW, vf{});
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t cb = job * VL;
-      vf acc[KH * KW] = {}, sum{};
-      for (int64_t n = 0; n < g.N; ++n) {
-        copy_plane(x + n * g.H * g.W * g.C + cb, buf.data(), PH, PW, g);
-        const T* dyn = dy + n * g.OH * g.OW * g.C + cb;
-        plane_weight_grad<KH, KW>(buf.data(), PW, [&](int oh, int ow) { return IO<T>::load(dyn + (oh * g.OW + ow) * g.C); },
-                                  acc, sum, g);
-      }
-      for (int t = 0; t < KH * KW; ++t) storef(acc_all.data() + t * g.C + cb, acc[t]);
-      storef(acc_all.data() + KH * KW * g.C + cb, sum);
-    }
-  });
-  store_grads(acc_all.data(), dw, db, g);
-}
-
-// Both gradients by planes (the wide-channel stride-1 case): each job owns a channel block
-// and, per image, copies the input plane and the dy plane (padded for the input gradient's
-// flipped kernel, geometry gf) into buffers, then accumulates dw from the two and writes
-// the dx plane from the second: dy is read from memory once instead of twice.
-template <typename T, int K>
-void backward_plane_kernel(const T* x, const T* dy, const float* wf, T* dx, float* dw, float* db, Geometry g,
-                           Geometry gf) {
-  const int64_t blocks = g.C / VL;
-  const int PH = g.OH - 1 + K, PW = g.OW - 1 + K, FH = gf.OH - 1 + K, FW = gf.OW - 1 + K;
-  std::vector<float> acc_all((K * K + 1) * g.C);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<vf> xbuf(PH * PW, vf{}), dybuf(FH * FW, vf{});
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t cb = job * VL;
-      vf acc[K * K] = {}, sum{}, wv[K * K];
-#pragma GCC unroll 25
-      for (int t = 0; t < K * K; ++t) wv[t] = loadf(wf + t * g.C + cb);
-      for (int64_t n = 0; n < g.N; ++n) {
-        copy_plane(x + n * g.H * g.W * g.C + cb, xbuf.data(), PH, PW, g);
-        copy_plane(dy + n * g.OH * g.OW * g.C + cb, dybuf.data(), FH, FW, gf);
-        const vf* dyb = dybuf.data() + gf.ph * FW + gf.pw;   // dy(0, 0) inside its padding
-        plane_weight_grad<K, K>(xbuf.data(), PW, [&](int oh, int ow) { return dyb[oh * FW + ow]; }, acc, sum, g);
-        plane_forward<T, K, K, 1>(dybuf.data(), FW, wv, vf{}, dx + n * g.H * g.W * g.C + cb, gf, false);
-      }
-      for (int t = 0; t < K * K; ++t) storef(acc_all.data() + t * g.C + cb, acc[t]);
-      storef(acc_all.data() + K * K * g.C + cb, sum);
-    }
-  });
-  store_grads(acc_all.data(), dw, db, g);
-}
-
 // Both gradients in one pass over dy (3x3 or 5x5, stride 1 or 2, no dilation). Each thread
 // walks its share of dy's rows two at a time and, per step, accumulates the weight gradient
 // from those rows and writes the input-gradient rows they own, while the rows are in cache:
@@ -1072,10 +904,7 @@ at::Tensor forward(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> b, std:
     const T* xp = x.data_ptr<T>();
     T* yp = y.data_ptr<T>();
     const int k = specialised_k(g);
-    const bool plane = by_planes(g, k);
-    if (plane && k == 3) forward_plane_kernel<T, 3, 3>(xp, wp, bp, yp, g, relu);
-    else if (plane && k == 5) forward_plane_kernel<T, 5, 5>(xp, wp, bp, yp, g, relu);
-    else if (k == 3 && g.sw == 1) forward_kernel<T, 3, 3, 1, 1>(xp, wp, bp, yp, g, relu);
+    if (k == 3 && g.sw == 1) forward_kernel<T, 3, 3, 1, 1>(xp, wp, bp, yp, g, relu);
     else if (k == 3) forward_kernel<T, 3, 3, 2, 1>(xp, wp, bp, yp, g, relu);
     else if (k == 5 && g.sw == 1) forward_kernel<T, 5, 5, 1, 1>(xp, wp, bp, yp, g, relu);
     else if (k == 5) forward_kernel<T, 5, 5, 2, 1>(xp, wp, bp, yp, g, relu);
@@ -1109,12 +938,7 @@ std::vector<at::Tensor> grad_weight(at::Tensor x, at::Tensor dy, int64_t kh, int
     float* dwp = dw.data_ptr<float>();
     float* dbp = bias ? db.data_ptr<float>() : nullptr;
     const int k = specialised_k(g);
-    // padded planes where the forward pass uses them (L1 aliasing of wide channel counts;
-    // measured 1.3-1.6x over the row kernel at 512-1024 channels, batch 8)
-    const bool plane = by_planes(g, k);
-    if (plane && k == 3) grad_weight_plane_kernel<T, 3, 3>(xp, dyp, dwp, dbp, g);
-    else if (plane && k == 5) grad_weight_plane_kernel<T, 5, 5>(xp, dyp, dwp, dbp, g);
-    else if (g.kh == 3 && g.kw == 3) grad_weight_kernel<T, 3, 3>(xp, dyp, dwp, dbp, g);
+    if (g.kh == 3 && g.kw == 3) grad_weight_kernel<T, 3, 3>(xp, dyp, dwp, dbp, g);
     else if (g.kh == 5 && g.kw == 5) grad_weight_kernel<T, 5, 5>(xp, dyp, dwp, dbp, g);
     else grad_weight_kernel<T, 0, 0>(xp, dyp, dwp, dbp, g);
   });
@@ -1122,7 +946,7 @@ std::vector<at::Tensor> grad_weight(at::Tensor x, at::Tensor dy, int64_t kh, int
 }
 
 // Input, weight and (if bias) bias gradients in one pass over dy: 3x3 or 5x5, stride 1 or 2,
-// no dilation; the wide-channel plane case only where plane_one_pass says so. Returns
+// no dilation. Returns
 // {dx, dw float32 (C, 1, kh, kw), db float32 (C,) or empty}, or nothing where it does not serve.
 std::vector<at::Tensor> grad_both(at::Tensor x, at::Tensor dy, at::Tensor w, std::vector<int64_t> stride,
                                   std::vector<int64_t> padding, std::vector<int64_t> dilation, bool bias) {
@@ -1131,9 +955,7 @@ std::vector<at::Tensor> grad_both(at::Tensor x, at::Tensor dy, at::Tensor w, std
   const auto g = geometry(x, w.size(2), w.size(3), stride, padding, dilation);
   const int k = specialised_k(g);
   const std::vector<int64_t> flip_pad = {g.kh - 1 - g.ph, g.kw - 1 - g.pw};
-  const bool plane = by_planes(g, k);
-  if (!k || (plane && !plane_one_pass(g, k)) || x.scalar_type() != dy.scalar_type() ||
-      (g.sh == 1 && (flip_pad[0] < 0 || flip_pad[1] < 0)))
+  if (!k || x.scalar_type() != dy.scalar_type() || (g.sh == 1 && (flip_pad[0] < 0 || flip_pad[1] < 0)))
     return {};
   const auto gf = geometry(dy, k, k, {1, 1}, flip_pad, {1, 1});
   const at::Tensor wh = weight_hwc(w), wf = weight_hwc(w, true);
@@ -1142,14 +964,9 @@ std::vector<at::Tensor> grad_both(at::Tensor x, at::Tensor dy, at::Tensor w, std
   auto db = bias ? at::empty({g.C}, x.options().dtype(at::kFloat)) : at::Tensor();
   DISPATCH(x.scalar_type(), {
     auto run = [&](auto kk) {
-      constexpr int K = decltype(kk)::value;
-      float* dbp = bias ? db.data_ptr<float>() : nullptr;
-      if (plane)
-        backward_plane_kernel<T, K>(x.data_ptr<T>(), dy.data_ptr<T>(), wf.data_ptr<float>(), dx.data_ptr<T>(),
-                                    dw.data_ptr<float>(), dbp, g, gf);
-      else
-        backward_kernel<T, K>(x.data_ptr<T>(), dy.data_ptr<T>(), wh.data_ptr<float>(), wf.data_ptr<float>(),
-                              dx.data_ptr<T>(), dw.data_ptr<float>(), dbp, g, gf);
+      backward_kernel<T, decltype(kk)::value>(x.data_ptr<T>(), dy.data_ptr<T>(), wh.data_ptr<float>(),
+                                              wf.data_ptr<float>(), dx.data_ptr<T>(), dw.data_ptr<float>(),
+                                              bias ? db.data_ptr<float>() : nullptr, g, gf);
     };
     if (k == 3) run(std::integral_constant<int, 3>{});
     else run(std::integral_constant<int, 5>{});
@@ -1183,13 +1000,9 @@ std::vector<at::Tensor> backward(const at::Tensor& x, const at::Tensor& grad, co
   // One pass over dy for inputs over 4 MiB: measured 1.18-1.28x per training step at stride 1
   // and 1.03-1.16x at stride 2 on MobileNet's batch-8 layers of 12-26 MB, 1.09-1.18x and
   // 1.0-1.03x on 6.4 MB (256x28x28); on 3.2 MB and less it tied or lost up to 10% (its weight
-  // gradient goes by rows, not channel blocks). The plane version keeps channel blocks, and
-  // goes by its own rule (plane_one_pass).
-  if (want_dx && (want_dw || want_db)) {
-    const auto g = geometry(x, w.size(2), w.size(3), stride, padding, dilation);
-    if (x.nbytes() > ONE_PASS_BYTES || plane_one_pass(g, specialised_k(g)))
-      both = grad_both(x, dy, w, stride, padding, dilation, want_db);
-  }
+  // gradient goes by rows, not channel blocks).
+  if (want_dx && (want_dw || want_db) && x.nbytes() > ONE_PASS_BYTES)
+    both = grad_both(x, dy, w, stride, padding, dilation, want_db);
   if (!both.empty()) {
     dx = both[0];
     if (want_dw) dw = both[1].to(w.scalar_type());
