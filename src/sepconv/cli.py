@@ -174,17 +174,18 @@ def cmd_cost(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import layers
 
+    rounds = {} if args.rounds is None else {"rounds": args.rounds}
     if args.target == "model":
         from .bench import model as model_bench
 
-        rows = model_bench.bench_model(args.model, batches=args.batch, size=args.input, rounds=args.rounds,
-                                       progress=(lambda s: None) if args.json else print)
+        rows = model_bench.bench_model(args.model, batches=args.batch, size=args.input,
+                                       progress=(lambda s: None) if args.json else print, **rounds)
         model_bench.write(rows, args.out)
         if args.json:
             print(json.dumps(rows, indent=1))
         return 0
-    rows = layers.bench_layers(batches=args.batch, rounds=args.rounds, training=args.training,
-                               progress=(lambda s: None) if args.json else print)
+    rows = layers.bench_layers(batches=args.batch, training=args.training,
+                               progress=(lambda s: None) if args.json else print, **rounds)
     summary = layers.write(rows, args.out)
     print(json.dumps(summary if not args.json else {"summary": summary, "rows": rows}, indent=1))
     return 0
@@ -239,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default="mobilenet_v1_100", help="model id for `bench model`")
     p.add_argument("--input", type=int, default=224, help="input size for `bench model`")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--rounds", type=int, default=25)
+    p.add_argument("--rounds", type=int, default=None,
+                   help="timed calls per candidate (default: the benchmark's own)")
     p.add_argument("--training", action="store_true", help="time forward+backward")
     p.add_argument("--out", default="out/bench", help="folder for JSON, Markdown and PNG")
     p.add_argument("--json", action="store_true", help="print all rows as JSON")

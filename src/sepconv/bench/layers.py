@@ -18,6 +18,11 @@ from .harness import Candidate, compare, copy_bandwidth, steady_allocator
 # (channels, input size) of MobileNetV1-224's depthwise layers.
 MOBILENET_DW_SHAPES = [(32, 112), (64, 112), (128, 56), (256, 28), (512, 14), (1024, 7)]
 
+# Timed calls per candidate and shape. Single calls here spread by +-25% (10th to 90th
+# percentile), so with 25 rounds two candidates running the same kernel differed by up to
+# 20% in their medians; more rounds narrow that at little cost (a round is 5-60 ms).
+LAYER_ROUNDS = 60
+
 
 def depthwise_traffic(spec, training: bool = False) -> tuple[int, int]:
     """(bytes, FLOPs) of one depthwise call: input, weight and output each moved once (the
@@ -35,7 +40,7 @@ def depthwise_traffic(spec, training: bool = False) -> tuple[int, int]:
     return (inputs + outputs + weights) * item, flops
 
 
-def bench_shape(c, h, stride, batch, dtype=torch.float32, rounds=25, training=False) -> dict:
+def bench_shape(c, h, stride, batch, dtype=torch.float32, rounds=LAYER_ROUNDS, training=False) -> dict:
     g = torch.Generator().manual_seed(0)
     x_nchw = torch.randn(batch, c, h, h, generator=g).to(dtype)
     x = x_nchw.contiguous(memory_format=torch.channels_last)
@@ -83,7 +88,7 @@ def bench_shape(c, h, stride, batch, dtype=torch.float32, rounds=25, training=Fa
     }
 
 
-def bench_layers(batches=(1, 8), strides=(1, 2), shapes=MOBILENET_DW_SHAPES, rounds=25,
+def bench_layers(batches=(1, 8), strides=(1, 2), shapes=MOBILENET_DW_SHAPES, rounds=LAYER_ROUNDS,
                  training=False, progress=print) -> list[dict]:
     steady_allocator()
     # inputs of the large layers at batch 8 (13-26 MB) come from DRAM: this bounds them
