@@ -19,8 +19,9 @@ from .harness import Candidate, compare, copy_bandwidth, steady_allocator
 MOBILENET_DW_SHAPES = [(32, 112), (64, 112), (128, 56), (256, 28), (512, 14), (1024, 7)]
 
 # Timed calls per candidate and shape. Single calls here spread by +-25% (10th to 90th
-# percentile), so with 25 rounds two candidates running the same kernel differed by up to
-# 20% in their medians; more rounds narrow that at little cost (a round is 5-60 ms).
+# percentile): with 25 rounds the medians of two candidates running the same kernel differed
+# by 4-8% typically and up to 23-46% per run; with 60, by 3-4% and up to 13-19% (a round
+# costs 5-60 ms).
 LAYER_ROUNDS = 60
 
 
