@@ -1,6 +1,6 @@
 """The native C++ kernel: forward, fused ReLU and both gradients against float64, over the
 shapes that select its different code paths (register blocks of one or two rows and the
-shifted last block, borders, channel tails, half blocks for rows under 8, wide channel
+narrower last block, borders, channel tails, half blocks for rows under 8, wide channel
 counts, column pairs of the stride-2 input gradient, compile-time 3x3/5x5 against the
 generic loop)."""
 
@@ -33,11 +33,13 @@ CASES = [
     ((1, 33, 9, 11), (3, 3), 2, 1, 1),       # channel tail (33 = 2*16 + 1), stride 2
     ((1, 7, 6, 5), (3, 3), 1, 0, 1),         # fewer than 16 channels, no padding
     ((1, 520, 5, 6), (3, 3), 1, 1, 1),       # wide, with a tail of 8 channels
-    ((2, 512, 7, 7), (3, 3), 1, 1, 1),       # wide, half blocks (7 = 4 + 3 shifted)
+    ((2, 512, 7, 7), (3, 3), 1, 1, 1),       # wide, half blocks (7 = 4 + a block of 3)
     ((1, 512, 5, 3), (3, 3), 1, 0, 1),       # wide, rows under 4 outputs, no padding
     ((1, 512, 6, 9), (5, 5), 1, 2, 1),       # wide, 5x5
     ((1, 1024, 7, 7), (3, 3), 2, 1, 1),      # wide at stride 2
     ((1, 32, 7, 6), (3, 3), 1, 1, 1),        # rows under 8 wide: half blocks
+    ((1, 16, 7, 15), (3, 3), 1, 1, 1),       # last blocks of 3: 12 + 3 (two rows), 8 + 4 + 3 (one)
+    ((1, 16, 7, 16), (3, 3), 1, 0, 1),       # last blocks of 2, no padding: 14 = 12 + 2, 8 + 4 + 2
     ((2, 32, 9, 21), (3, 3), 2, 1, 1),       # stride-2 input gradient by column pairs
     ((1, 16, 8, 20), (3, 3), 2, 0, 1),       # column pairs with no padding
     ((2, 48, 10, 13), (5, 5), 1, 2, 1),      # compile-time 5x5
