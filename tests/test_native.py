@@ -241,6 +241,34 @@ def test_training_step_on_an_input_over_8_mib(s):
     assert ((bs.grad.double() - dy64.sum(dim=(0, 2, 3))).abs() <= 2 * terms * eps * dy64.abs().sum(dim=(0, 2, 3))).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_inference_reuses_transposed_weights_only_while_their_bytes_are_unchanged(dtype):
+    # The forward keeps transposed weights by address and checks the bytes on every call:
+    # in-place updates, writes through .data (which skip the version counter) and other
+    # weights at the same address must all be seen.
+    mod = kernels.load("depthwise")
+    x, w, b = _data((1, 32, 9, 9), (3, 3), dtype)
+    args = ([1, 1], [1, 1], [1, 1], False, False)
+
+    def check():
+        want = F.conv2d(x.double(), w.double(), b.double(), 1, 1, 1, 32)
+        got = mod.forward(x, w, b, *args)
+        assert ((got.double() - want).abs() <= NATIVE.tolerance(dtype) * algorithms.error_scale(x, w, b)).all()
+
+    check()
+    check()                                   # served from the cache
+    w.mul_(-2)                                # in place
+    check()
+    w.data.copy_(torch.randn(w.shape).to(dtype))   # through .data: no version bump
+    check()
+    w[5, 0, 1, 1] = 7.0                       # one element
+    check()
+    for seed in range(300):                   # more weights than the cache keeps, then the first again
+        _, other, _ = _data((1, 32, 9, 9), (3, 3), dtype, seed=seed + 1)
+        mod.forward(x, other, b, *args)
+    check()
+
+
 @pytest.mark.parametrize("c", [48, 40])
 def test_input_gradient_with_streamed_stores(c):
     # A stride-2 dx over 2 MiB is written with non-temporal stores (where a channel block is
