@@ -37,3 +37,32 @@ def test_training_traffic_adds_the_backward_pass():
     # x: 1600, y: 2*8*5*5 = 400, w: 72 elements; forward x + y + w, training 3x + 2y + 3w
     assert layers.depthwise_traffic(spec) == (4 * (1600 + 400 + 72), 2 * 400 * 9)
     assert layers.depthwise_traffic(spec, training=True) == (4 * (4800 + 800 + 216), 3 * 2 * 400 * 9)
+
+
+def test_compare_drops_slow_candidates_and_times_the_rest_afresh():
+    import time
+
+    from sepconv.bench.harness import Candidate, compare
+
+    calls = {"fast": 0, "other": 0}
+
+    def counted(name):
+        def fn():
+            calls[name] += 1
+        return fn
+
+    slow = Candidate("slow", lambda: time.sleep(0.005))   # thousands of times the no-ops
+    fast, other = Candidate("fast", counted("fast")), Candidate("other", counted("other"))
+    compare([slow, fast, other], rounds=8, warmup=1, drop_after=3)
+    assert slow.dropped and len(slow.times) == 3            # its first rounds are kept
+    # the survivors' samples are the 5 rounds after the drop, though they ran 1 + 8 times
+    assert not fast.dropped and len(fast.times) == len(other.times) == 5
+    assert calls == {"fast": 9, "other": 9}
+    # with no round left after the drop, the samples taken so far are kept
+    quick = Candidate("quick", lambda: None)
+    compare([quick], rounds=3, warmup=0, drop_after=3)
+    assert len(quick.times) == 3
+    # an exhausted budget still leaves min_rounds samples after the drop
+    quick = Candidate("quick", lambda: None)
+    compare([quick], rounds=20, warmup=0, drop_after=3, budget_s=0.0, min_rounds=2)
+    assert len(quick.times) == 2

@@ -342,9 +342,10 @@ class Tuner:
                         algo.run(x, w, b, spec)
             runners.append(Candidate(algo.name, _synchronized(step, spec.device)))
         # Interleaved rounds: a noisy moment hits every candidate alike. Candidates over 2x
-        # the fastest after 3 rounds cannot win and are dropped: left in, the slow PyTorch
-        # forms (big temporaries) evicted the caches before every call of the fast ones and
-        # doubled their times (a 1.3x lead measured as 0.94x).
+        # the fastest after 3 rounds cannot win and are dropped, and the rest are timed
+        # afresh over at least 10 more rounds: left in, the slow PyTorch forms (big
+        # temporaries) evicted the caches before every call of the fast ones and doubled
+        # their times (a 1.3x lead measured as 0.94x).
         compare(runners, rounds=15, budget_s=0.3, drop_factor=2.0, min_rounds=10)
         times = {r.name: r.median for r in runners}
         best = min(times, key=times.get)

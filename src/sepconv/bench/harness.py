@@ -1,7 +1,9 @@
 """Interleaved timing: every candidate runs once per round, in the same process, on the same
 inputs, in a shuffled order (so no candidate always inherits the caches of the same
-predecessor), and drifting clocks hit all of them alike; results are medians per candidate. Candidates far slower than the fastest are dropped after a few rounds (their
-medians so far are kept and marked) so a slow fallback cannot eat the time budget."""
+predecessor), and drifting clocks hit all of them alike; results are medians per candidate.
+Candidates far slower than the fastest are dropped after a few rounds (their medians so far
+are kept and marked) so a slow fallback cannot eat the time budget; the others' medians come
+from the rounds after the drop."""
 
 from __future__ import annotations
 
@@ -70,13 +72,19 @@ def compare(candidates: list[Candidate], rounds: int = 25, warmup: int = 2,
             drop_after: int = 3, drop_factor: float = 10.0, budget_s: float = 10.0,
             min_rounds: int = 0) -> list[Candidate]:
     """Time `candidates` in interleaved rounds; returns them with `.times` filled.
-    The time budget ends the rounds only after `min_rounds` (and the drop) have run."""
+
+    After `drop_after` rounds the candidates over `drop_factor` times the fastest are dropped
+    and, if rounds remain, the others start their samples afresh: in the first rounds the slow
+    ones (large temporaries) evict the caches before the fast ones' calls and inflate their
+    times. The time budget ends the rounds only after the drop and `min_rounds` rounds after
+    it (at least one)."""
     for c in candidates:
         for _ in range(warmup):
             c.fn()
     order = list(candidates)
     rng = random.Random(0)
     start = time.perf_counter()
+    restarted_at = None
     for r in range(rounds):
         rng.shuffle(order)
         for c in order:
@@ -89,6 +97,13 @@ def compare(candidates: list[Candidate], rounds: int = 25, warmup: int = 2,
             best = min(c.median for c in candidates)
             for c in candidates:
                 c.dropped = c.median > drop_factor * best
-        if time.perf_counter() - start > budget_s and r + 1 >= max(drop_after, min_rounds):
+            if r + 1 < rounds:
+                restarted_at = r + 1
+                for c in candidates:
+                    if not c.dropped:
+                        c.times.clear()
+        after = r + 1 - restarted_at if restarted_at is not None else r + 1
+        if (time.perf_counter() - start > budget_s and r + 1 >= drop_after
+                and after >= max(1, min_rounds)):
             break
     return candidates
