@@ -16,9 +16,9 @@ def run(x, weight, bias, spec: ConvSpec, relu: bool = False):
     if spec.requires_grad and relu:
         raise ValueError("native depthwise: fused ReLU is inference-only.")
     xl = x.contiguous(memory_format=torch.channels_last)
-    args = (list(spec.stride), list(spec.padding), list(spec.dilation))
+    args = (spec.stride, spec.padding, spec.dilation)   # the extension takes tuples as they are
     if torch.compiler.is_compiling():
-        y = depthwise_op(xl, weight, bias, *args, relu)
+        y = depthwise_op(xl, weight, bias, *map(list, args), relu)
     elif spec.requires_grad:
         y = load("depthwise").forward_train(xl, weight, bias, *args)
     else:
