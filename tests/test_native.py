@@ -263,9 +263,14 @@ def test_inference_reuses_transposed_weights_only_while_their_bytes_are_unchange
     check()
     w[5, 0, 1, 1] = 7.0                       # one element
     check()
-    for seed in range(300):                   # more weights than the cache keeps, then the first again
+    for seed in range(300):                   # many weights, then the first again
         _, other, _ = _data((1, 32, 9, 9), (3, 3), dtype, seed=seed + 1)
         mod.forward(x, other, b, *args)
+    check()
+    wide = _data((1, 1 << 16, 3, 3), (3, 3), dtype)   # 2.4-4.7 MB of weights and copies each:
+    for _ in range(5):                                 # more than the cache's 16 MiB
+        big = torch.randn(wide[1].shape).to(dtype)
+        mod.forward(wide[0], big, None, *args)
     check()
 
 
