@@ -142,7 +142,7 @@ def markdown(rows) -> str:
 
 def speedups_markdown(rows) -> str:
     """The compact table of docs/algorithms.md: best PyTorch time, then each sepconv
-    algorithm's speedup over it (PyTorch and auto columns last)."""
+    algorithm's speedup over it, auto's choice, speedup and traffic last."""
     names = [n for n in dict.fromkeys(n for r in rows for n in r["results"])
              if not n.startswith("torch") and n != "auto"]
     # compulsory bytes / time, against the copy bandwidth measured in the same run

@@ -89,6 +89,12 @@ template <> inline void stream_store(float* p, vf v, bool nt) {
   else storef(p, v);
 }
 #endif
+// After a kernel's streamed stores (nt): they must be visible before the pool reports completion.
+inline void fence_streams(bool nt) {
+#ifdef __AVX512F__
+  if (nt) _mm_sfence();
+#endif
+}
 
 // Vector load/store of the first `lanes` channels (lanes < VL only at the channel tail).
 template <typename T> inline __attribute__((always_inline)) vf load_lanes(const T* p, int lanes) {
@@ -314,9 +320,7 @@ void forward_rows(const T* x, const float* w, const float* b, T* y, const Geomet
       for (int ow = 0; ow < g.OW; ++ow) pixel(ow, cb, lanes, ow < lo || ow >= hi);
     }
   }
-#ifdef __AVX512F__
-  _mm_sfence();  // streamed stores must be visible before the pool reports completion
-#endif
+  fence_streams(nt);
 }
 
 template <typename T, int KH, int KW, int SW, int DW>
@@ -598,9 +602,7 @@ void grad_input_rows(const T* dy, const float* w, T* dx, const Geometry& g, cons
     }
     for (; iw < g.W; ++iw) pixel(iw);
   }
-#ifdef __AVX512F__
-  if (nt) _mm_sfence();  // as in forward_rows
-#endif
+  fence_streams(nt);
 }
 
 template <typename T>
@@ -994,7 +996,6 @@ std::vector<at::Tensor> grad_weight(at::Tensor x, at::Tensor dy, int64_t kh, int
     const T* dyp = dy.data_ptr<T>();
     float* dwp = dw.data_ptr<float>();
     float* dbp = bias ? db.data_ptr<float>() : nullptr;
-    const int k = specialised_k(g);
     if (g.kh == 3 && g.kw == 3) grad_weight_kernel<T, 3, 3>(xp, dyp, dwp, dbp, g);
     else if (g.kh == 5 && g.kw == 5) grad_weight_kernel<T, 5, 5>(xp, dyp, dwp, dbp, g);
     else grad_weight_kernel<T, 0, 0>(xp, dyp, dwp, dbp, g);
