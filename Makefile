@@ -1,4 +1,5 @@
-# `make demo` and `make test` each create .venv and install into it (torch pinned, CPU build).
+# `make demo` and `make test` each create .venv and install into it (torch pinned, CPU build),
+# building the native kernels once (about 3 minutes on 2 cores).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,17 +8,24 @@ STAMP  := $(VENV)/.installed
 # pin never resolves to a CUDA build from the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(BIN)/pip install -q $(FIND_LINKS) -c constraints.txt
+KERNEL_SOURCES := $(wildcard src/sepconv/kernels/*.cpp src/sepconv/kernels/*.h)
 
-.PHONY: install demo test bench clean
+.PHONY: install build demo test bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
+# torch first, then the package built against it without build isolation (an isolated build
+# would fetch its own torch: a CUDA build of several GB).
+$(STAMP): pyproject.toml setup.py constraints.txt $(KERNEL_SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(PIP) torch==2.13.0
-	$(PIP) -e ".[test,bench]"
+	$(PIP) torch==2.13.0 "setuptools>=77" wheel ninja
+	$(PIP) --no-build-isolation -e ".[test]"
 	touch $@
+
+# Rebuild the extension in place after editing the C++ kernels (incremental).
+build: $(STAMP)
+	$(BIN)/python setup.py -q build_ext --inplace
 
 demo: $(STAMP)
 	$(BIN)/sepconv demo
@@ -29,4 +37,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_depthwise.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) build src/*.egg-info src/sepconv/*.so

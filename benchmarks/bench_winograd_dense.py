@@ -20,7 +20,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from sepconv.bench.harness import Candidate, compare, steady_allocator  # noqa: E402
+from sepconv.timing import Candidate, compare, steady_allocator  # noqa: E402
 from sepconv.functional.winograd import winograd_conv2d, winograd_filters  # noqa: E402
 
 # (batch, in_channels, out_channels, size)

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import sepconv
 from sepconv import algorithms
-from sepconv.analysis import count, mobilenet_table2, seed_table
+from sepconv.analysis import count, mobilenet_table2, mobilenet_hand_count
 from sepconv.cli import main
 from sepconv.convert import to_standard
 from sepconv.models import create_model
@@ -50,8 +50,8 @@ def test_width_and_resolution_multipliers(alpha, size):
     assert r.total.macs == fc.get_total_flops() // 2  # torch's counter agrees (it counts FLOPs = 2 MACs)
 
 
-def test_seed_table_reproduces_the_classic_calculation():
-    t = seed_table(160)
+def test_mobilenet_hand_count_reproduces_the_classic_calculation():
+    t = mobilenet_hand_count(160)
     assert t["standard_macs"] == 1_045_417_824
     assert t["separable_macs"] == 126_373_376
     assert round(t["ratio"], 4) == 0.1209
@@ -73,7 +73,7 @@ def test_grouped_and_depthwise_convs_exact():
     grouped = nn.Conv2d(8, 16, 3, padding=1, groups=4, bias=False)
     # 2 images * 16 outputs * 10*10 positions * (8/4 inputs * 9 taps)
     assert count(grouped, x).total.macs == 2 * 16 * 100 * 2 * 9
-    dw = sepconv.DepthwiseConv2d(8, 3, stride=2, padding=1, depth_multiplier=2)
+    dw = sepconv.DepthwiseConv2d(8, 16, 3, stride=2, padding=1)
     # 2 * 16 outputs * 5*5 positions * 9 taps
     assert count(dw, x).total.macs == 2 * 16 * 25 * 9
     assert count(dw, x).total.params == 16 * 9 + 16
@@ -136,7 +136,7 @@ def test_cli_cost(capsys):
     assert main(["cost", "mobilenet_v1", "--input", "224"]) == 0
     out = capsys.readouterr().out
     assert "4,231,976 parameters" in out and "568.7M" in out
-    assert main(["cost", "--seed-table", "--input", "160"]) == 0
+    assert main(["cost", "--hand-count", "--input", "160"]) == 0
     out = capsys.readouterr().out
     assert "1,045,417,824" in out and "126,373,376" in out and "0.1209" in out
     assert main(["cost", "vgg16", "--input", "32"]) == 0

@@ -42,7 +42,7 @@ def test_training_traffic_adds_the_backward_pass():
 def test_compare_drops_slow_candidates_and_times_the_rest_afresh():
     import time
 
-    from sepconv.bench.harness import Candidate, compare
+    from sepconv.timing import Candidate, compare
 
     calls = {"fast": 0, "other": 0}
 

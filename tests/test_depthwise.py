@@ -188,7 +188,7 @@ def test_auto_on_meta_tensors_runs_reference_without_timing():
     x, w = torch.empty(2, 8, 13, 11, device="meta"), torch.empty(8, 1, 3, 3, device="meta")
     y = depthwise_conv2d(x, w, None, 2, 1, 1)
     assert y.device.type == "meta" and y.shape == (2, 8, 7, 6)
-    layer = sepconv.DepthwiseConv2d(8, 3, padding=1, device="meta")
+    layer = sepconv.DepthwiseConv2d(8, 8, 3, padding=1, device="meta")
     assert layer(x).shape == (2, 8, 13, 11)
 
 
@@ -196,6 +196,8 @@ def test_tuner_waits_for_accelerators_when_timing(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.accelerator, "synchronize", lambda device=None: calls.append(device))
     cpu_fn = lambda: calls.append("ran")  # noqa: E731
-    assert algorithms._synchronized(cpu_fn, "cpu") is cpu_fn      # nothing queued on the CPU
-    algorithms._synchronized(cpu_fn, "cuda")()
+    from sepconv.algorithms.tuner import _synchronized
+
+    assert _synchronized(cpu_fn, "cpu") is cpu_fn      # nothing queued on the CPU
+    _synchronized(cpu_fn, "cuda")()
     assert calls == ["ran", "cuda"]

@@ -14,14 +14,14 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 import sepconv
 from sepconv import algorithms, kernels
 from sepconv.functional import depthwise_conv2d
-from sepconv.kernels.depthwise import run as native_run
+from sepconv.kernels.ops import Act, run as native_run
 from sepconv.spec import depthwise_spec
 
-if os.environ.get("SEPCONV_REQUIRE_NATIVE") and not kernels.is_available("depthwise"):
+if os.environ.get("SEPCONV_REQUIRE_NATIVE") and not kernels.is_available():
     raise RuntimeError(f"SEPCONV_REQUIRE_NATIVE is set but the native kernel did not build: "
-                       f"{kernels.unavailable_reason('depthwise')}")
-pytestmark = pytest.mark.skipif(not kernels.is_available("depthwise"),
-                                reason=f"native kernel unavailable: {kernels.unavailable_reason('depthwise')}")
+                       f"{kernels.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(not kernels.is_available(),
+                                reason=f"native kernel unavailable: {kernels.unavailable_reason()}")
 
 NATIVE = algorithms.get_algorithm("native")
 
@@ -71,7 +71,7 @@ def test_forward_and_relu(case, dtype):
     assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == dtype
     assert ((y.double() - want).abs() <= bound).all()
     spec = depthwise_spec("t", x, w, b, s, p, d)
-    fused = native_run(x, w, b, spec, relu=True)
+    fused = native_run(x, w, b, spec, Act("relu"))
     assert ((fused.double() - want.relu()).abs() <= bound).all()
 
 
@@ -141,7 +141,7 @@ def test_weight_gradient_by_blocks_and_by_rows(shape, k, s, threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        dw, db = kernels.load("depthwise").grad_weight(x, dy, k, k, (s, s), (k // 2, k // 2), (1, 1), True)
+        dw, db = kernels.load().grad_weight(x, dy, k, k, (s, s), (k // 2, k // 2), (1, 1), True)
     finally:
         torch.set_num_threads(before)
     want = conv2d_weight(x.double(), w.shape, dy.double(), stride=s, padding=k // 2, groups=shape[1])
@@ -160,7 +160,7 @@ def test_native_winograd_uses_the_generated_transforms(m):
     from sepconv.functional.winograd import transforms
 
     at, _, bt = transforms(m)
-    consts = kernels.load("depthwise").winograd_constants(m)
+    consts = kernels.load().winograd_constants(m)
     assert consts == [[float(Fraction(v)) for v in row] for row in bt + at]
 
 
@@ -175,7 +175,7 @@ def test_native_winograd_forward(name, dtype, shape, p):
     bound = algo.tolerance(dtype) * algorithms.error_scale(x, w, b)
     y = depthwise_conv2d(x, w, b, 1, p, 1, algorithm=name)
     assert y.dtype == dtype and ((y.double() - want).abs() <= bound).all()
-    fused = algo.run(x, w, b, depthwise_spec("t", x, w, b, 1, p, 1), relu=True)
+    fused = algo.run(x, w, b, depthwise_spec("t", x, w, b, 1, p, 1), Act("relu"))
     assert ((fused.double() - want.relu()).abs() <= bound).all()
     with pytest.raises(ValueError, match="inference-only"):
         depthwise_conv2d(x, w.requires_grad_(), b, 1, p, 1, algorithm=name)
@@ -198,7 +198,7 @@ def test_one_pass_backward(shape, k, s, p, threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        dx, dw, db = kernels.load("depthwise").grad_both(x, dy, w, (s, s), (p, p), (1, 1), True)
+        dx, dw, db = kernels.load().grad_both(x, dy, w, (s, s), (p, p), (1, 1), True)
     finally:
         torch.set_num_threads(before)
     args = dict(stride=s, padding=p, groups=shape[1])
@@ -214,7 +214,7 @@ def test_one_pass_backward(shape, k, s, p, threads):
 
 
 def test_one_pass_backward_declines_what_it_does_not_serve():
-    mod = kernels.load("depthwise")
+    mod = kernels.load()
     x, w, _ = _data((1, 16, 9, 9), (3, 3), torch.float32)
     dy = torch.randn(1, 16, 9, 9).contiguous(memory_format=torch.channels_last)
     assert mod.grad_both(x, dy, w, (1, 1), (2, 2), (2, 2), False) == []        # dilation 2
@@ -246,13 +246,13 @@ def test_inference_reuses_transposed_weights_only_while_their_bytes_are_unchange
     # The forward keeps transposed weights by address and checks the bytes on every call:
     # in-place updates, writes through .data (which skip the version counter) and other
     # weights at the same address must all be seen.
-    mod = kernels.load("depthwise")
     x, w, b = _data((1, 32, 9, 9), (3, 3), dtype)
-    args = ([1, 1], [1, 1], [1, 1], False, False)
+    args = ([1, 1], [1, 1], [1, 1])
+    forward = torch.ops.sepconv.depthwise
 
     def check():
         want = F.conv2d(x.double(), w.double(), b.double(), 1, 1, 1, 32)
-        got = mod.forward(x, w, b, *args)
+        got = forward(x, w, b, *args)
         assert ((got.double() - want).abs() <= NATIVE.tolerance(dtype) * algorithms.error_scale(x, w, b)).all()
 
     check()
@@ -265,12 +265,12 @@ def test_inference_reuses_transposed_weights_only_while_their_bytes_are_unchange
     check()
     for seed in range(300):                   # many weights, then the first again
         _, other, _ = _data((1, 32, 9, 9), (3, 3), dtype, seed=seed + 1)
-        mod.forward(x, other, b, *args)
+        forward(x, other, b, *args)
     check()
     wide = _data((1, 1 << 16, 3, 3), (3, 3), dtype)   # 2.4-4.7 MB of weights and copies each:
     for _ in range(5):                                 # more than the cache's 16 MiB
         big = torch.randn(wide[1].shape).to(dtype)
-        mod.forward(wide[0], big, None, *args)
+        forward(wide[0], big, None, *args)
     check()
 
 
@@ -281,7 +281,7 @@ def test_input_gradient_with_streamed_stores(c):
     x, w, _ = _data((1, c, 121, 123), (3, 3), torch.float32, seed=11)
     assert x.nbytes > 2 << 20
     dy = torch.randn(1, c, 61, 62, generator=torch.Generator().manual_seed(12)).contiguous(memory_format=torch.channels_last)
-    dx = kernels.load("depthwise").grad_input(dy, w, list(x.shape), (2, 2), (1, 1), (1, 1))
+    dx = kernels.load().grad_input(dy, w, list(x.shape), (2, 2), (1, 1), (1, 1))
     args = dict(stride=2, padding=1, groups=c)
     want = conv2d_input(x.shape, w.double(), dy.double(), **args)
     bound = 2 * 9 * torch.finfo(torch.float32).eps * conv2d_input(x.shape, w.double().abs(), dy.double().abs(), **args)
@@ -295,7 +295,7 @@ def test_one_pass_backward_bfloat16(s):
     y_shape = F.conv2d(x.float(), w.float(), None, s, 1, 1, 32).shape
     dy = torch.randn(y_shape, generator=torch.Generator().manual_seed(10)).to(torch.bfloat16)
     dy = dy.contiguous(memory_format=torch.channels_last)
-    dx, dw, db = kernels.load("depthwise").grad_both(x, dy, w, (s, s), (1, 1), (1, 1), True)
+    dx, dw, db = kernels.load().grad_both(x, dy, w, (s, s), (1, 1), (1, 1), True)
     assert dx.dtype == torch.bfloat16 and dw.dtype == torch.float32
     args = dict(stride=s, padding=1, groups=32)
     x64, w64, dy64 = x.double(), w.double(), dy.double()
@@ -313,23 +313,24 @@ def test_one_pass_backward_bfloat16(s):
 def test_custom_op_registration(s, with_bias):
     # schema, fake (shape) function, autograd formula and dispatcher behaviour of the ops that
     # torch.compile captures, checked by PyTorch's own opcheck
-    from sepconv.kernels.depthwise import depthwise_backward_op, depthwise_op
-
+    depthwise_op = torch.ops.sepconv.depthwise.default
+    backward_op = torch.ops.sepconv.depthwise_backward.default
     x, w, b = _data((2, 16, 9, 10), (3, 3), torch.float32, seed=11)
     b = b if with_bias else None
-    torch.library.opcheck(depthwise_op, (x, w, b, [s, s], [1, 1], [1, 1], False))
+    torch.library.opcheck(depthwise_op, (x, w, b, [s, s], [1, 1], [1, 1]))
+    torch.library.opcheck(depthwise_op, (x, w, b, [s, s], [1, 1], [1, 1], "clamp", 0.0, 6.0))
     xs, ws = x.detach().requires_grad_(), w.detach().requires_grad_()
-    torch.library.opcheck(depthwise_op, (xs, ws, b, [s, s], [1, 1], [1, 1], False))
-    dy = torch.randn(depthwise_op(x, w, b, [s, s], [1, 1], [1, 1], False).shape).contiguous(
+    torch.library.opcheck(depthwise_op, (xs, ws, b, [s, s], [1, 1], [1, 1]))
+    dy = torch.randn(depthwise_op(x, w, b, [s, s], [1, 1], [1, 1]).shape).contiguous(
         memory_format=torch.channels_last)
     for want in ([True, True, with_bias], [False, True, False]):
-        torch.library.opcheck(depthwise_backward_op, (dy, x, w, [s, s], [1, 1], [1, 1], want))
+        torch.library.opcheck(backward_op, (dy, x, w, [s, s], [1, 1], [1, 1], want))
 
 
 def test_native_under_torch_compile_is_one_graph_and_trains():
     # fullgraph=True fails on any graph break: the native kernel must be captured as an op
     torch.manual_seed(0)
-    layer = sepconv.DepthwiseConv2d(16, 3, stride=2, padding=1, algorithm="native", bias=True)
+    layer = sepconv.DepthwiseConv2d(16, 16, 3, stride=2, padding=1, algorithm="native", bias=True)
     x = torch.randn(2, 16, 11, 12).contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(torch.compile(layer, fullgraph=True)(x), layer(x), rtol=0, atol=0)
     grads = []

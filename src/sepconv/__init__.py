@@ -1,7 +1,11 @@
 """sepconv: efficient convolutions for PyTorch.
 
 Depthwise-separable convolution as a drop-in for ``nn.Conv2d``, Winograd minimal filtering,
-measured algorithm choice, spatially separable and versatile filters, and exact cost analysis.
+measured algorithm choice, spatially separable and versatile filters, exact cost analysis,
+model conversion and fast inference.
+
+Every public name resolves after a plain ``import sepconv``; submodules load on first use, so
+the import itself costs little on top of torch.
 
 Example:
     >>> import torch, sepconv
@@ -12,23 +16,38 @@ Example:
     torch.Size([1, 32, 20, 20])
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from . import algorithms, functional
-from .algorithms import explain, list_algorithms
-from .functional import depthwise_conv2d, depthwise_separable_conv2d, winograd_conv2d, winograd_filters
-from .layers import DepthwiseConv2d, DepthwiseSeparableConv2d
+import importlib
 
-__all__ = [
-    "__version__",
-    "algorithms",
-    "functional",
-    "explain",
-    "list_algorithms",
-    "depthwise_conv2d",
-    "depthwise_separable_conv2d",
-    "winograd_conv2d",
-    "winograd_filters",
-    "DepthwiseConv2d",
-    "DepthwiseSeparableConv2d",
-]
+from ._version import __version__
+
+# public name -> the submodule that defines it
+_NAMES = {
+    "DepthwiseConv2d": "layers", "DepthwiseSeparableConv2d": "layers",
+    "SpatiallySeparableConv2d": "layers", "VersatileConv2d": "layers",
+    "depthwise_conv2d": "functional", "depthwise_separable_conv2d": "functional",
+    "winograd_conv2d": "functional", "winograd_filters": "functional", "versatile_conv2d": "functional",
+    "explain": "algorithms", "list_algorithms": "algorithms",
+    "optimize_for_inference": "convert", "count": "analysis",
+    "create_model": "models", "list_models": "models",
+}
+_SUBMODULES = ("algorithms", "analysis", "bench", "convert", "data", "functional", "kernels", "keras",
+               "layers", "models", "spec", "timing", "train")
+
+__all__ = ["__version__", *_NAMES, *_SUBMODULES]
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'sepconv' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -56,9 +56,9 @@ def cmd_train(args) -> int:
     else:
         train_set, test_set = image_folder(args.data, args.size, grayscale=True)
     kwargs = {"alpha": args.alpha} if args.alpha else {}
-    in_chans = train_set[0][0].shape[0]
+    in_channels = train_set[0][0].shape[0]
     classes = int(max(int(y) for _, y in train_set)) + 1
-    model = create_model(args.model, in_chans=in_chans, num_classes=classes, **kwargs)
+    model = create_model(args.model, in_channels=in_channels, num_classes=classes, **kwargs)
     result = train(model, train_set, test_set, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                    seed=args.seed, checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume,
                    progress=not args.json)
@@ -88,11 +88,11 @@ def cmd_demo(args) -> int:
 def cmd_cost(args) -> int:
     from rich.console import Console
 
-    from .analysis import count, mobilenet_table2, seed_table
+    from .analysis import count, mobilenet_table2, mobilenet_hand_count
 
     console = Console()
-    if args.seed_table:
-        t = seed_table(args.input)
+    if args.hand_count:
+        t = mobilenet_hand_count(args.input)
         if args.json:
             print(json.dumps(t, indent=1))
             return 0
@@ -108,7 +108,7 @@ def cmd_cost(args) -> int:
                   "(padded) network.")
         return 0
     if not args.model:
-        raise ValueError("cost: give a model id (see `sepconv cost --list`) or --seed-table.")
+        raise ValueError("cost: give a model id (see `sepconv cost --list`) or --hand-count.")
     from .models import create_model, list_models
 
     if args.model == "list":
@@ -118,8 +118,8 @@ def cmd_cost(args) -> int:
     model = create_model(args.model, **kwargs).eval()
     from .models.registry import input_channels
 
-    in_chans = input_channels(model)
-    x = torch.randn(args.batch, in_chans, args.input, args.input)
+    in_channels = input_channels(model)
+    x = torch.randn(args.batch, in_channels, args.input, args.input)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     models = {"as built": model}
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compare", choices=["standard"], help="also cost the standard-conv form")
-    p.add_argument("--seed-table", action="store_true", help="MobileNetV1 body hand calculation")
+    p.add_argument("--hand-count", action="store_true", help="MobileNetV1 body hand calculation")
     p.add_argument("--layers", action="store_true", help="print the per-layer table")
     p.add_argument("--measure", action="store_true", help="time each layer beside its roofline bound")
     p.add_argument("--roofline", metavar="PNG", help="write a roofline plot")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .bench.harness import median_seconds
+from .timing import median_seconds
 
 VARIANTS = [("standard", "mobilenet_v1_small_standard"),
             ("separable", "mobilenet_v1_small"),
@@ -90,10 +90,9 @@ def print_table(rows) -> None:
 
 
 def plot(rows, path) -> None:
-    import matplotlib
+    from ._optional import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:

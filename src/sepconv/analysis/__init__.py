@@ -1,6 +1,6 @@
 """Cost analysis: parameters, MACs (FLOPs = 2 x MACs), bytes, arithmetic intensity, roofline."""
 
 from .counter import Cost, CostReport, count
-from .seed import mobilenet_table2, seed_table
+from .hand_count import mobilenet_table2, mobilenet_hand_count
 
-__all__ = ["Cost", "CostReport", "count", "seed_table", "mobilenet_table2"]
+__all__ = ["Cost", "CostReport", "count", "mobilenet_hand_count", "mobilenet_table2"]

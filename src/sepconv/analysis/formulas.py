@@ -118,7 +118,7 @@ def kind_of(op, args) -> str:
     """Layer type of one counted op, for MobileNet's Table 2 breakdown."""
     if op in (aten.convolution.default, aten._convolution.default):
         w = args[1]
-        groups = args[8] if op is aten.convolution.default else args[8]
+        groups = args[8]   # (the same position in convolution and _convolution)
         kh, kw = w.shape[2], w.shape[3]
         if groups > 1 and w.shape[1] == 1:
             return f"depthwise conv {kh}x{kw}"

@@ -10,43 +10,45 @@ import time
 import torch
 
 from .. import algorithms
-from ..bench.harness import median_seconds
+from .._files import atomic_write
+from ..timing import copy_bandwidth, median_seconds
 from .counter import CostReport
 
 
-def measure_peaks(threads: int | None = None) -> dict:
+def measure_peaks() -> dict:
     """Float32 GEMM GFLOP/s (2048^3 matmul) and DRAM bandwidth GB/s (copy of 256 MiB, read +
     write), with the current thread count."""
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
     gemm = 2 * n ** 3 / median_seconds(lambda: torch.mm(a, b), runs=7) / 1e9
-    src = torch.empty(64 * 2 ** 20)  # 256 MiB of float32, far beyond any cache
-    src.fill_(1.0)
-    dst = torch.empty_like(src)
-    bw = 2 * src.numel() * 4 / median_seconds(lambda: dst.copy_(src), runs=5) / 1e9
-    return {"gemm_gflops": gemm, "bandwidth_gbs": bw, "threads": torch.get_num_threads()}
+    return {"gemm_gflops": gemm, "bandwidth_gbs": copy_bandwidth(runs=5), "threads": torch.get_num_threads()}
 
 
 def machine_peaks(refresh: bool = False) -> dict:
     """:func:`measure_peaks`, measured once per machine, versions and thread count, then read
-    from ``<cache>/peaks.json``."""
-    path = algorithms.cache_dir() / "peaks.json"
+    from ``<cache>/peaks.json`` (kept in memory where there is no cache folder)."""
+    folder = algorithms.cache_dir()
     key = f"{algorithms.machine_fingerprint()}|t{torch.get_num_threads()}"
+    path = None if folder is None else folder / "peaks.json"
     try:
-        stored = json.loads(path.read_text())
+        stored = json.loads(path.read_text()) if path is not None else _PEAKS
+        stored = stored if isinstance(stored, dict) else {}
     except (OSError, ValueError):
         stored = {}
-    if not refresh and key in stored:
+    if not refresh and isinstance(stored.get(key), dict) and "gemm_gflops" in stored[key]:
         return stored[key]
     stored[key] = measure_peaks()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stored, indent=1))
-        tmp.replace(path)
-    except OSError:
-        pass
+    _PEAKS[key] = stored[key]
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda f: json.dump(stored, f, indent=1))
+        except OSError:
+            pass  # measured again by the next process
     return stored[key]
+
+
+_PEAKS: dict = {}
 
 
 def roofline(report: CostReport, peaks: dict) -> list[dict]:
@@ -99,10 +101,9 @@ def measure_layers(model, inputs, report: CostReport, runs: int = 20) -> None:
 
 
 def plot_roofline(rows: list[dict], peaks: dict, path, title: str = "") -> None:
-    import matplotlib
+    from .._optional import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     peak, bw = peaks["gemm_gflops"], peaks["bandwidth_gbs"]
     rows = [r for r in rows if r["flops"] > 0]  # zero-FLOP layers (ReLU, BN) have no place on log axes

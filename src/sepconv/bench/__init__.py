@@ -1,5 +1,2 @@
-"""Benchmarks: a timing harness (interleaved rounds, medians, outputs checked) and runners."""
-
-from .harness import Candidate, compare, median_seconds
-
-__all__ = ["Candidate", "compare", "median_seconds"]
+"""Benchmark apps: depthwise layers against PyTorch (`layers`), whole models against other
+runtimes, each in its own process (`model`). The timer they share is sepconv.timing."""

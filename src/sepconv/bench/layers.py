@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .. import algorithms
 from ..functional.depthwise import depthwise_conv2d
 from ..spec import depthwise_spec
-from .harness import Candidate, compare, copy_bandwidth, steady_allocator
+from ..timing import Candidate, compare, copy_bandwidth, steady_allocator
 
 # (channels, input size) of MobileNetV1-224's depthwise layers.
 MOBILENET_DW_SHAPES = [(32, 112), (64, 112), (128, 56), (256, 28), (512, 14), (1024, 7)]
@@ -160,10 +160,9 @@ def speedups_markdown(rows) -> str:
 
 
 def plot(rows, path) -> None:
-    import matplotlib
+    from .._optional import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [n for n in dict.fromkeys(n for r in rows for n in r["results"]) if n != "torch_nchw"]
     labels = [f"b{r['batch']} {r['channels']}x{r['size']} s{r['stride']}" for r in rows]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .harness import Candidate, compare
+from ..timing import Candidate, compare
 
 
 def _onnx_file(model, x, folder) -> str:
@@ -100,7 +100,7 @@ def bench_model(name="mobilenet_v1_100", batches=(1, 8), size=224, rounds=30, in
                 progress=print) -> list[dict]:
     from ..models import create_model
     from ..models.registry import input_channels
-    from .harness import steady_allocator
+    from ..timing import steady_allocator
 
     steady_allocator()
     rows = []
@@ -111,8 +111,8 @@ def bench_model(name="mobilenet_v1_100", batches=(1, 8), size=224, rounds=30, in
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.running_mean.normal_(0, 0.1)
                 mod.running_var.uniform_(0.5, 1.5)
-        in_chans = input_channels(model)
-        x = torch.randn(batch, in_chans, size, size)
+        in_channels = input_channels(model)
+        x = torch.randn(batch, in_channels, size, size)
         with torch.no_grad():
             want = model(x)
             cands, checks, skipped = [], {}, {}
@@ -156,10 +156,9 @@ def write(rows, out_dir) -> None:
                          f"{res['max_abs_diff_vs_eager']:.1e} | {res['max_rel_diff_vs_eager']:.1e} | "
                          f"{res['top1_agreement']:.2f} |")
     (out / f"model_{name}.md").write_text("\n".join(lines) + "\n")
-    import matplotlib
+    from .._optional import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 4))
     peers = list(rows[0]["results"])

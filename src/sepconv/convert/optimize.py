@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..functional.depthwise import plan_call
+from ..algorithms.dispatch import plan_call
+from ..kernels.ops import Act
 from ..layers import DepthwiseConv2d, DepthwiseSeparableConv2d
 from .._validation import choice, fail
 from .surgery import fold_batchnorm
@@ -36,8 +37,8 @@ class FusedDepthwiseReLU(nn.Module):
     def forward(self, x):
         spec, algo = plan_call("FusedDepthwiseReLU", x, self.weight, self.bias, self.stride,
                                self.padding, self.dilation, self.algorithm)
-        if algo.fuses_relu:
-            return algo.run(x, self.weight, self.bias, spec, relu=True)
+        if algo.fuses_act:
+            return algo.run(x, self.weight, self.bias, spec, Act("relu"))
         return F.relu(algo.run(x, self.weight, self.bias, spec))
 
 
@@ -151,7 +152,7 @@ def _choose_pointwise(model: nn.Module, example_input: torch.Tensor, rounds: int
     """For each pointwise convolution of a DepthwiseSeparableConv2d, time oneDNN's conv
     against one GEMM on the layer's real input (interleaved medians) and keep the faster,
     fusing the block's ReLU into the GEMM. Returns what was measured and chosen."""
-    from ..bench.harness import Candidate, compare
+    from ..timing import Candidate, compare
 
     blocks = [m for m in model.modules() if isinstance(m, DepthwiseSeparableConv2d)
               and _is_pointwise(m.pointwise) and isinstance(m.pw_norm, nn.Identity)]

@@ -61,7 +61,7 @@ def finish_report(report, before, after, example_input=None, measure=False):
         report.max_abs_diff = (a - b).abs().max().item()
         report.rel_diff = ((a - b).norm() / a.norm().clamp_min(1e-30)).item()
         if measure:
-            from ..bench.harness import median_seconds
+            from ..timing import median_seconds
 
             with torch.no_grad():
                 report.latency_ms_before = median_seconds(lambda: before(example_input)) * 1e3

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 
-from .. import algorithms
 from .._validation import tensor
-from ..spec import depthwise_spec
+from ..algorithms.dispatch import plan_call
+
+
+_AUTOCAST_DEVICES = frozenset({"cpu", "cuda", "xpu", "mps"})
+
+
+def _autocast(x, *tensors):
+    """Under torch.autocast, cast the floating-point arguments to the autocast dtype, as
+    F.conv2d does, so that every algorithm (and the output dtype) agrees with it."""
+    device = x.device.type
+    if device not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(device):
+        return (x, *tensors)
+    dtype = torch.get_autocast_dtype(device)
+    cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+    return tuple(cast(t) for t in (x, *tensors))
 
 
 def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, algorithm="auto"):
@@ -23,7 +34,8 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, algo
         algorithm: ``"auto"`` or a name from ``sepconv.algorithms.list_algorithms()``.
 
     Returns:
-        (N, C * depth_multiplier, out_h, out_w), in the memory format of `x`.
+        (N, C * depth_multiplier, out_h, out_w), in the memory format of `x`. Under
+        ``torch.autocast`` the inputs are cast to its dtype first, as for ``F.conv2d``.
 
     Example:
         >>> x, w = torch.randn(2, 8, 15, 9), torch.randn(8, 1, 3, 3)
@@ -36,53 +48,9 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, algo
     if x.dim() == 3:
         return depthwise_conv2d(x.unsqueeze(0), weight, bias, stride, padding, dilation,
                                 algorithm).squeeze(0)
+    x, weight, bias = _autocast(x, weight, bias)
     spec, algo = plan_call(owner, x, weight, bias, stride, padding, dilation, algorithm)
     return algo.run(x, weight, bias, spec)
-
-
-def plan_call(owner, x, weight, bias, stride, padding, dilation, algorithm):
-    """(spec, algorithm) for a 4-D depthwise call: validated and resolved once per distinct
-    call signature, then read from a cache."""
-    key = _dispatch_key(x, weight, bias, stride, padding, dilation, algorithm)
-    hit = _DISPATCH.get(key) if key is not None else None
-    if hit is not None:
-        return hit
-    if torch.jit.is_tracing():
-        with warnings.catch_warnings():
-            # Under torch.jit.trace the shape checks read traced sizes: they are constants of
-            # the trace by design, so the tracer's warning about them is noise.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            spec = depthwise_spec(owner, x, weight, bias, stride, padding, dilation)
-    else:  # (catch_warnings would also break a torch.compile graph)
-        spec = depthwise_spec(owner, x, weight, bias, stride, padding, dilation)
-    algo = algorithms.resolve(algorithm, spec, owner, x)
-    if key is not None:
-        if len(_DISPATCH) > 4096:
-            _DISPATCH.clear()
-        _DISPATCH[key] = (spec, algo)
-    return spec, algo
-
-
-# Validated calls: (spec, algorithm) by everything that determines them, so a repeated call
-# skips validation and plan lookup (about 20 us of Python per call, as long as a small
-# layer's whole run). Cleared with the tuner's plans.
-_DISPATCH: dict = {}
-
-
-def _dispatch_key(x, weight, bias, stride, padding, dilation, algorithm):
-    if (not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor))
-            or algorithms._FORCED or algorithms._tracing(x)):
-        return None
-    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                        or (bias is not None and bias.requires_grad))
-    key = (algorithm, x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.dtype,
-           weight.device, None if bias is None else (bias.shape, bias.dtype, bias.device),
-           stride, padding, dilation, grad, torch.get_num_threads())
-    try:
-        hash(key)
-    except TypeError:  # list arguments: validate every time
-        return None
-    return key
 
 
 # fx symbolic tracing records the call as one node instead of tracing into shape checks.

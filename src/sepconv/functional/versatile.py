@@ -32,12 +32,13 @@ def ring_taps(k: int) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(r) for r in rings)
 
 
-def versatile_conv2d(x, weight, bias=None, stride=1, padding=0, spatial=True, delta=0, g=1):
+def versatile_conv2d(x, weight, bias=None, stride=1, padding=0, spatial=True, delta=0, g=1, dilation=1):
     """Versatile convolution.
 
     Args:
         x: (N, C_in, H, W). weight: (P, C_in, k, k) primary filters, k odd when `spatial`.
         bias: (P * s * n_c,) or None, s = (k+1)//2 if spatial else 1, n_c = delta//g + 1.
+        stride, padding, dilation: as F.conv2d (ints or pairs).
         delta, g: channel versatile hyper-parameters (0 disables); g must divide C_in and delta.
     Returns:
         (N, P * s * n_c, H_out, W_out); channel index p * s * n_c + spatial * n_c + window,
@@ -53,10 +54,9 @@ def versatile_conv2d(x, weight, bias=None, stride=1, padding=0, spatial=True, de
     s = (k + 1) // 2 if spatial else 1
     n_c, chunks = delta // g + 1, c // g
     width = (c - delta) // g  # chunks per channel window
-    sh, sw = (stride, stride) if isinstance(stride, int) else stride
-    ph, pw = (padding, padding) if isinstance(padding, int) else padding
-    oh, ow = (h + 2 * ph - k) // sh + 1, (w + 2 * pw - k) // sw + 1
-    cols = F.unfold(x, k, padding=(ph, pw), stride=(sh, sw)).view(n, chunks, g, k * k, oh * ow)
+    (sh, sw), (ph, pw), (dh, dw) = (_pair(v) for v in (stride, padding, dilation))
+    oh, ow = (h + 2 * ph - dh * (k - 1) - 1) // sh + 1, (w + 2 * pw - dw * (k - 1) - 1) // sw + 1
+    cols = F.unfold(x, k, dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw)).view(n, chunks, g, k * k, oh * ow)
     wt = weight.reshape(p, chunks, g, k * k)
     rings = ring_taps(k) if spatial else (tuple(range(k * k)),)
     acc, outs = None, []
@@ -82,7 +82,11 @@ def versatile_conv2d(x, weight, bias=None, stride=1, padding=0, spatial=True, de
     return y
 
 
-def versatile_conv2d_reference(x, weight, bias=None, stride=1, padding=0, spatial=True, delta=0, g=1):
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def versatile_conv2d_reference(x, weight, bias=None, stride=1, padding=0, spatial=True, delta=0, g=1, dilation=1):
     """One masked F.conv2d per secondary filter: the definition, for tests and comparisons."""
     p, c, k, _ = weight.shape
     s = (k + 1) // 2 if spatial else 1
@@ -95,6 +99,6 @@ def versatile_conv2d_reference(x, weight, bias=None, stride=1, padding=0, spatia
             for t in range(n_c):
                 wsub = torch.zeros_like(weight[i: i + 1])
                 wsub[:, t * g: t * g + width] = (weight[i: i + 1] * mask)[:, t * g: t * g + width]
-                outs.append(F.conv2d(x, wsub, None, stride, padding))
+                outs.append(F.conv2d(x, wsub, None, stride, padding, dilation))
     y = torch.cat(outs, 1)
     return y if bias is None else y + bias.view(1, -1, 1, 1)

@@ -1,65 +1,68 @@
-"""Native CPU kernels, compiled on first use with torch.utils.cpp_extension and cached on disk.
+"""The native CPU kernels: the extension ``sepconv._C``, built when the package is installed.
 
-Each family has ``is_available()``; when the compiler or a header is missing the reason is
-kept (``unavailable_reason()``) and the pure-PyTorch algorithms still serve every call.
-Set ``SEPCONV_NO_NATIVE=1`` to disable native kernels; ``SEPCONV_BUILD_DIR`` moves the build
-cache (default ``~/.cache/sepconv/build``).
+The extension holds the kernels compiled for several instruction sets (baseline, AVX2,
+AVX-512) and picks the best one the CPU runs when it loads (``isa()``); it registers the
+``torch.library`` ops ``sepconv::depthwise``, ``sepconv::depthwise_backward`` and
+``sepconv::winograd``. Where the extension is missing (a source tree nobody built) or
+disabled (``SEPCONV_NO_NATIVE=1``), ``is_available()`` is False, ``unavailable_reason()``
+says why, a warning says so once, and the pure-PyTorch algorithms serve every call.
+
+Example:
+    >>> from sepconv import kernels
+    >>> kernels.isa() in ("avx512", "avx2", "generic", None)
+    True
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sys
-from pathlib import Path
+import warnings
 
-_HERE = Path(__file__).parent
-_modules: dict[str, object] = {}
-_errors: dict[str, str] = {}
+_state: dict = {}
 
 
-def source_digest(family: str) -> str:
-    """Short hash of a family's C++ source: part of build and tuning-cache keys."""
-    return hashlib.sha1((_HERE / f"{family}.cpp").read_bytes()).hexdigest()[:12]
-
-
-def load(family: str):
-    """The compiled module for ``<family>.cpp``, building it once per source version and
-    machine (``-march=native``), or None if it cannot be built."""
-    if family in _modules:
-        return _modules[family]
-    if family in _errors:
-        return None
+def load():
+    """The extension module, or None where it is unavailable (see :func:`unavailable_reason`)."""
+    if "module" in _state:
+        return _state["module"]
+    module, reason = None, ""
     if os.environ.get("SEPCONV_NO_NATIVE"):
-        _errors[family] = "disabled by SEPCONV_NO_NATIVE"
-        return None
-    source = _HERE / f"{family}.cpp"
-    # pip's `ninja` lives beside the interpreter; a non-activated venv does not have it on PATH
-    bindir = os.path.dirname(sys.executable)
-    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-    try:
-        import torch
-        from torch.utils import cpp_extension
+        reason = "disabled by SEPCONV_NO_NATIVE"
+    else:
+        try:
+            import torch  # noqa: F401  (the extension links against it)
 
-        digest = hashlib.sha1(f"{source_digest(family)}{torch.__version__}".encode()).hexdigest()[:12]
-        # Builds are content-addressed, so they are shared by every plan cache and process.
-        root = Path(os.environ.get("SEPCONV_BUILD_DIR", Path.home() / ".cache" / "sepconv" / "build"))
-        build = root / f"{family}_{digest}"
-        build.mkdir(parents=True, exist_ok=True)
-        _modules[family] = cpp_extension.load(
-            name=f"sepconv_{family}_{digest}", sources=[str(source)], build_directory=str(build),
-            extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
-            verbose=False)
-        return _modules[family]
-    except Exception as e:  # a missing compiler shows up as many exception types
-        _errors[family] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-        return None
+            from .. import _C as module
+            from .ops import register_fakes
+
+            register_fakes()
+        except ImportError as e:
+            reason = (f"the extension sepconv._C is not built ({e}); reinstall with "
+                      "`pip install --no-build-isolation .` after torch")
+            warnings.warn(f"sepconv: native kernels unavailable: {reason}. The PyTorch algorithms serve "
+                          "every call.", RuntimeWarning, stacklevel=2)
+    _state["module"], _state["reason"] = module, reason
+    return module
 
 
-def is_available(family: str) -> bool:
-    return load(family) is not None
+def is_available() -> bool:
+    return load() is not None
 
 
-def unavailable_reason(family: str) -> str:
-    return _errors.get(family, "")
+def unavailable_reason() -> str:
+    load()
+    return _state["reason"]
+
+
+def isa() -> str | None:
+    """The instruction set of the kernels in use ("avx512", "avx2" or "generic"), None
+    without the extension. ``SEPCONV_ISA`` may ask for a lower one than the CPU has."""
+    module = load()
+    return module.isa() if module is not None else None
+
+
+def kernel_name(kind: str, kernel_size, stride, dilation, dtype) -> str:
+    """The named kernel ("<isa>:<variant>") that serves a call on this machine, e.g.
+    ``kernel_name("forward", (5, 5), (2, 2), (1, 1), torch.float32) == "avx512:f32_5x5s2"``;
+    "" where none does (``kind="backward"``: the one-pass backward serves listed shapes only)."""
+    return load().kernel_name(kind, list(kernel_size), list(stride), list(dilation), dtype)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from .._validation import fail, pair, positive_int
+from .._validation import fail, positive_int
 from ..functional.versatile import versatile_conv2d
+from .base import ConvLayer, conv_arguments
 
 
-class VersatileConv2d(nn.Module):
+class VersatileConv2d(ConvLayer, nn.Module):
     """A convolution whose `out_channels` come from fewer primary filters: each k x k primary
     filter yields s = (k+1)/2 nested spatial sub-filters (if `spatial`) times n_c = delta/g + 1
-    channel sub-filters (if `delta` > 0), sharing its weights and its multiplications.
+    channel sub-filters (if `delta` > 0), sharing its weights and its multiplications. It has
+    nn.Conv2d's arguments and attributes (kernel_size a pair of equal, odd sizes).
 
     Parameters: P * C_in * k * k (+ out_channels bias) with P = out_channels / (s * n_c),
     against out_channels * C_in * k * k for nn.Conv2d.
@@ -27,21 +27,21 @@ class VersatileConv2d(nn.Module):
         2336
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 spatial=True, delta=0, g=1, device=None, dtype=None):
+    _repr_defaults = dict(ConvLayer._repr_defaults, spatial=True, delta=0, g=1)
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
+                 padding_mode="zeros", device=None, dtype=None, *, spatial=True, delta=0, g=1):
         super().__init__()
         owner = type(self).__name__
-        self.in_channels = positive_int(owner, "in_channels", in_channels)
-        self.out_channels = positive_int(owner, "out_channels", out_channels)
-        kh, kw = pair(owner, "kernel_size", kernel_size, minimum=1)
+        self._set_conv_arguments(conv_arguments(owner, in_channels, out_channels, kernel_size, stride, padding,
+                                                dilation, padding_mode))
+        kh, kw = self.kernel_size
         if kh != kw:
             fail(owner, "`kernel_size` must be square (nested centre sub-filters).", f"kernel_size={kernel_size!r}")
         if spatial and kh % 2 == 0:
             fail(owner, "`kernel_size` must be odd when `spatial=True` (sub-filters share a centre).",
                  f"kernel_size={kernel_size!r}")
-        self.kernel_size, self.spatial = kh, bool(spatial)
-        self.stride = pair(owner, "stride", stride, minimum=1)
-        self.padding = pair(owner, "padding", padding)
+        self.spatial = bool(spatial)
         self.g = positive_int(owner, "g", g)
         if not isinstance(delta, int) or delta < 0 or delta >= in_channels:
             fail(owner, "`delta` must be an int with 0 <= delta < in_channels.", f"delta={delta!r}, in_channels={in_channels}")
@@ -59,27 +59,10 @@ class VersatileConv2d(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
 
-    def reset_parameters(self):
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_channels * self.kernel_size ** 2)
-            nn.init.uniform_(self.bias, -bound, bound)
-
     def forward(self, x):
-        if isinstance(x, torch.Tensor) and (x.dim() != 4 or x.shape[1] != self.in_channels):
-            fail(type(self).__name__, f"`input` must be (N, {self.in_channels}, H, W).",
-                 f"input.shape={tuple(x.shape)}")
-        return versatile_conv2d(x, self.weight, self.bias, self.stride, self.padding,
-                                self.spatial, self.delta, self.g)
-
-    def extra_repr(self):
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
-        if self.stride != (1, 1):
-            s += f", stride={self.stride}"
-        if self.padding != (0, 0):
-            s += f", padding={self.padding}"
-        if not self.spatial:
-            s += ", spatial=False"
-        if self.delta:
-            s += f", delta={self.delta}, g={self.g}"
-        return s + ("" if self.bias is not None else ", bias=False")
+        self._check_input(x)
+        if isinstance(x, torch.Tensor) and x.dim() == 3:
+            return self(x.unsqueeze(0)).squeeze(0)
+        x, pad = self._padded(x)
+        return versatile_conv2d(x, self.weight, self.bias, self.stride, pad, self.spatial, self.delta, self.g,
+                                self.dilation)

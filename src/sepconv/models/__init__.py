@@ -1,6 +1,6 @@
-"""Model zoo: registry and architectures."""
+"""Model zoo: registry (timm-style ``create_model``) and architectures."""
 
-from . import versatile as _versatile  # noqa: F401  (registers resnet50, vgg16 and variants)
+from . import resnet as _resnet, vgg as _vgg  # noqa: F401  (register their entrypoints)
 from .mobilenet import MobileNetV1
 from .registry import create_model, list_models, register_model
 

@@ -31,7 +31,7 @@ class MobileNetV1(nn.Module):
 
     Args:
         num_classes: outputs of the classifier. alpha: width multiplier (channels scale by it,
-        rounded, at least 8). in_chans: input channels. table: (out_channels, stride) per block.
+        rounded, at least 8). in_channels: input channels. table: (out_channels, stride) per block.
         first_stride: stride of the first convolution (2 for ImageNet, 1 for small inputs).
         separable: False builds the standard-convolution twin (every block a full 3x3 conv).
         versatile: with separable=False, every block is a spatial VersatileConv2d (3x3 primary
@@ -39,7 +39,7 @@ class MobileNetV1(nn.Module):
         last `versatile_channel_blocks` blocks (the widest) also get two channel sub-filters.
         algorithm: depthwise algorithm of every block ("auto" by default).
 
-    Shapes: (N, in_chans, H, W) -> (N, num_classes), any H, W >= 1.
+    Shapes: (N, in_channels, H, W) -> (N, num_classes), any H, W >= 1.
 
     Example:
         >>> m = MobileNetV1(num_classes=1000)
@@ -47,7 +47,7 @@ class MobileNetV1(nn.Module):
         4231976
     """
 
-    def __init__(self, num_classes=1000, alpha=1.0, in_chans=3, table=MOBILENET_V1_TABLE,
+    def __init__(self, num_classes=1000, alpha=1.0, in_channels=3, table=MOBILENET_V1_TABLE,
                  first_stride=2, separable=True, versatile=False, versatile_channel_blocks=0, dropout=0.0,
                  algorithm="auto"):
         super().__init__()
@@ -55,7 +55,7 @@ class MobileNetV1(nn.Module):
             fail("MobileNetV1", "`alpha` must be a positive number.", f"alpha={alpha!r}")
         ch = lambda c: max(8, int(round(c * alpha)))
         cin = ch(32)
-        layers = [_conv_bn_relu(in_chans, cin, first_stride)]
+        layers = [_conv_bn_relu(in_channels, cin, first_stride)]
         for i, (cout, stride) in enumerate(table):
             cout = ch(cout)
             if separable:
@@ -101,18 +101,18 @@ def mobilenet_v1(**kwargs):
 @register_model
 def mobilenet_v1_small(**kwargs):
     """Five separable blocks, first stride 1: for 8x8 to 32x32 inputs (digits, CIFAR)."""
-    return MobileNetV1(**{"table": SMALL_TABLE, "first_stride": 1, "in_chans": 1, "num_classes": 10, **kwargs})
+    return MobileNetV1(**{"table": SMALL_TABLE, "first_stride": 1, "in_channels": 1, "num_classes": 10, **kwargs})
 
 
 @register_model
 def mobilenet_v1_small_standard(**kwargs):
     """Standard-convolution twin of mobilenet_v1_small."""
-    return MobileNetV1(**{"table": SMALL_TABLE, "first_stride": 1, "in_chans": 1, "num_classes": 10,
+    return MobileNetV1(**{"table": SMALL_TABLE, "first_stride": 1, "in_channels": 1, "num_classes": 10,
                           "separable": False, **kwargs})
 
 
 @register_model
 def mobilenet_v1_small_versatile(**kwargs):
     """Versatile twin of mobilenet_v1_small: every block a spatial VersatileConv2d."""
-    return MobileNetV1(**{"table": SMALL_TABLE, "first_stride": 1, "in_chans": 1, "num_classes": 10,
+    return MobileNetV1(**{"table": SMALL_TABLE, "first_stride": 1, "in_channels": 1, "num_classes": 10,
                           "separable": False, "versatile": True, "versatile_channel_blocks": 1, **kwargs})

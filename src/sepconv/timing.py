@@ -1,9 +1,11 @@
-"""Interleaved timing: every candidate runs once per round, in the same process, on the same
+"""Timing, used by the "auto" tuner and by the benchmark apps alike.
+
+Interleaved timing: every candidate runs once per round, in the same process, on the same
 inputs, in a shuffled order (so no candidate always inherits the caches of the same
-predecessor), and drifting clocks hit all of them alike; results are medians per candidate.
-Candidates far slower than the fastest are dropped after a few rounds (their medians so far
-are kept and marked) so a slow fallback cannot eat the time budget; the others' medians come
-from the rounds after the drop."""
+predecessor), and drifting clocks hit all of them alike; results are medians per candidate,
+with their spread. Candidates far slower than the fastest are dropped after a few rounds
+(their medians so far are kept and marked) so a slow fallback cannot eat the time budget; the
+others' medians come from the rounds after the drop."""
 
 from __future__ import annotations
 
@@ -25,6 +27,26 @@ class Candidate:
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile (0-100) of the samples, interpolated."""
+        return percentile(self.times, q)
+
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / median: how far single calls scatter around the median."""
+        return (self.percentile(90) - self.percentile(10)) / self.median
+
+
+def percentile(values, q: float) -> float:
+    """The q-th percentile (0-100) of `values`, linearly interpolated between samples."""
+    v = sorted(values)
+    if not v:
+        raise ValueError("percentile: no samples.")
+    pos = (len(v) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
 def steady_allocator() -> bool:
@@ -48,7 +70,7 @@ def steady_allocator() -> bool:
 def copy_bandwidth(nbytes: int = 256 << 20, runs: int = 7) -> float:
     """GB/s of copying a `nbytes` float32 tensor at the current thread count, counting the
     read and the write once each: the DRAM bandwidth a memory-bound kernel can hope for
-    (measured here: 30-32 GB/s with 2 threads)."""
+    (measured here: 30-32 GB/s with 2 threads). The one bandwidth probe of the package."""
     import torch
 
     src = torch.ones(nbytes // 4)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..models.mobilenet import MOBILENET_V1_TABLE
 
 
-def seed_table(input_size: int = 160, kernel: int = 3) -> dict:
+def mobilenet_hand_count(input_size: int = 160, kernel: int = 3) -> dict:
     """MACs of MobileNetV1's body (first standard 3x3 conv, 3 -> 32, stride 2, then the 13
     separable layers), each layer's output size ``round((size - 2) / stride)``:
 

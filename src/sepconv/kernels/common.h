@@ -1,0 +1,183 @@
+// Vector and memory types shared by every kernel, compiled once per instruction set: this file
+// is included inside the namespace of one ISA (see isa_build.h), after the standard headers.
+//
+// Layout: activations are channels_last (data N, H, W, C); depthwise weights are float32
+// (kh, kw, C) so that one tap of VL channels is one contiguous vector load. Vectorisation is
+// over channels with GCC vector extensions, VL floats being one register of the ISA: 16 with
+// AVX-512, 8 with AVX2, 4 with SSE2 (wider vectors split in several registers made the AVX2
+// and baseline kernels 4x slower to build, and spill).
+
+constexpr int VL = SEPCONV_VL;
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+typedef uint32_t vu __attribute__((vector_size(VL * sizeof(uint32_t))));
+typedef uint16_t vh __attribute__((vector_size(VL * sizeof(uint16_t))));
+
+// Unaligned, aliasing-safe vector views of memory. (Not memcpy: under a target pragma GCC
+// expands a 64-byte memcpy with the baseline target's 16-byte moves, which made the kernels
+// 4x larger and several times slower to build.)
+typedef float vf_mem __attribute__((vector_size(VL * sizeof(float)), aligned(4), may_alias));
+typedef uint16_t vh_mem __attribute__((vector_size(VL * sizeof(uint16_t)), aligned(2), may_alias));
+inline vf loadf(const float* p) { return *reinterpret_cast<const vf_mem*>(p); }
+inline void storef(float* p, vf v) { *reinterpret_cast<vf_mem*>(p) = v; }
+inline vf splat(float a) { return vf{} + a; }
+
+template <typename T> struct IO;
+template <> struct IO<float> {
+  static vf load(const float* p) { return loadf(p); }
+  static void store(float* p, vf v) { storef(p, v); }
+  static float get(const float* p) { return *p; }
+  static void put(float* p, float v) { *p = v; }
+};
+// bfloat16 is widened to float32 on load (its 16 bits are the float's top half) and rounded
+// to nearest even on store, NaN kept a (quiet) NaN.
+inline float bf16_to_float(uint16_t h) { uint32_t u = uint32_t(h) << 16; float f; std::memcpy(&f, &u, 4); return f; }
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u; std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+template <> struct IO<bf16> {
+  static vf load(const bf16* p) {
+    const vh h = *reinterpret_cast<const vh_mem*>(p);
+    return (vf)(__builtin_convertvector(h, vu) << 16);
+  }
+  static void store(bf16* p, vf v) {
+    const vu u = (vu)v;
+    vu nan = (u & 0x7fffffffu) > 0x7f800000u;               // lanes that are NaN
+    vu rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;    // round to nearest even
+    vu result = (nan & 0x7fc0u) | (~nan & rounded);
+    *reinterpret_cast<vh_mem*>(p) = __builtin_convertvector(result, vh);
+  }
+  static float get(const bf16* p) { return bf16_to_float(p->bits); }
+  static void put(bf16* p, float v) { p->bits = float_to_bf16(v); }
+};
+
+// Vector load/store of the first `lanes` channels (lanes < VL only at the channel tail).
+template <typename T> inline __attribute__((always_inline)) vf load_lanes(const T* p, int lanes) {
+  if (lanes == VL) return IO<T>::load(p);
+  float tmp[VL] = {};
+  for (int l = 0; l < lanes; ++l) tmp[l] = IO<T>::get(p + l);
+  return loadf(tmp);
+}
+template <typename T> inline __attribute__((always_inline)) void store_lanes(T* p, vf v, int lanes) {
+  if (lanes == VL) return IO<T>::store(p, v);
+  float tmp[VL];
+  storef(tmp, v);
+  for (int l = 0; l < lanes; ++l) IO<T>::put(p + l, tmp[l]);
+}
+
+// Non-temporal store where possible: the output is not read again by this kernel, and
+// skipping the read-for-ownership saves a third of the memory traffic of large layers.
+// Used only for outputs larger than NT_BYTES, the two cores' L2: a smaller output is better
+// left in cache for the next layer to read. (At 4 MiB, 64x112x112 at batch 1, a 3.2 MB output,
+// measured 0.66-0.86x of 2 MiB.)
+constexpr int64_t NT_BYTES = 2 << 20;
+template <typename T> inline void stream_store(T* p, vf v, bool nt) { IO<T>::store(p, v); }
+#if defined(__x86_64__)
+template <> inline void stream_store(float* p, vf v, bool nt) {
+  if (!nt || reinterpret_cast<uintptr_t>(p) % sizeof(vf) != 0) return storef(p, v);
+#if SEPCONV_VL == 16
+  _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
+#elif SEPCONV_VL == 8
+  _mm256_stream_ps(p, reinterpret_cast<__m256>(v));
+#else
+  _mm_stream_ps(p, reinterpret_cast<__m128>(v));
+#endif
+}
+#endif
+// After a kernel's streamed stores (nt): they must be visible before the pool reports completion.
+inline void fence_streams(bool nt) {
+#if defined(__x86_64__)
+  if (nt) _mm_sfence();
+#endif
+}
+
+// Software prefetch of the next rows pays only for inputs that come from DRAM: measured
+// 1.2-1.4x on 64x112x112 at batch 8 (25 MB), and 0.9-0.95x on inputs that stay in cache.
+constexpr int64_t PREFETCH_BYTES = 8 << 20;
+inline void prefetch_row(const void* p, int64_t bytes) {
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(static_cast<const char*>(p) + off, 0, 1);
+}
+
+// First and one-past-last output column whose kw taps all fall inside the input row.
+inline void interior(const Geometry& g, int& lo, int& hi) {
+  lo = 0;
+  while (lo < g.OW && lo * g.sw - g.pw < 0) ++lo;
+  hi = g.OW;
+  while (hi > lo && (hi - 1) * g.sw - g.pw + (g.kw - 1) * g.dil_w >= g.W) --hi;
+}
+
+// ----------------------------------------------------------------------------- activations
+// Applied to a finished output vector, as PyTorch computes them: NaN stays NaN (a comparison
+// with NaN is false, so `x < 0 ? 0 : x` passes it through), and exp/erf are the same formulas
+// as ATen's vectorised CPU code (Cephes-style exp; erf by Abramowitz & Stegun 7.1.26).
+
+// exp(x) for float32 lanes: x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-6 polynomial
+// (relative error about 1 ulp), 2^n built in the exponent bits; 0 below -87.3, inf above
+// 88.4, NaN kept.
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
+inline vf vexp(vf x) {
+  const vf hi = splat(88.3762626647949f), lo = splat(-87.3365447505531f);
+  const vf xc = x > hi ? hi : (x < lo ? lo : x);
+  const vf fx = xc * 1.44269504088896341f + 0.5f;
+  vf n = __builtin_convertvector(__builtin_convertvector(fx, vi), vf);   // toward zero,
+  n = n > fx ? n - 1.0f : n;                                              // then floor
+  const vf r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf out = x > hi ? splat(__builtin_inff()) : p * (vf)e;
+  out = x < lo ? vf{} : out;
+  return x != x ? x : out;
+}
+
+inline vf verf(vf x) {
+  const vf ax = x < 0 ? -x : x;
+  const vf t = 1.0f / (ax * 0.3275911f + 1.0f);
+  vf r = splat(1.061405429f);
+  r = r * t - 1.453152027f;
+  r = r * t + 1.421413741f;
+  r = r * t - 0.284496736f;
+  r = r * t + 0.254829592f;
+  const vf y = 1.0f - r * t * vexp(-ax * ax);
+  return x < 0 ? -y : y;
+}
+
+inline vf act_general(vf x, Act a) {
+  switch (a.kind) {
+    case ACT_RELU: return x < 0 ? vf{} : x;
+    case ACT_CLAMP: return x < a.lo ? splat(a.lo) : (x > a.hi ? splat(a.hi) : x);
+    case ACT_SILU: return x / (1.0f + vexp(-x));
+    case ACT_SIGMOID: return 1.0f / (1.0f + vexp(-x));
+    case ACT_HARDSWISH: {
+      vf t = x + 3.0f;
+      t = t < 0 ? vf{} : (t > 6.0f ? splat(6.0f) : t);
+      return x * t / 6.0f;
+    }
+    case ACT_GELU: return 0.5f * x * (1.0f + verf(x * 0.70710678118654752f));
+    case ACT_GELU_TANH: {
+      const vf u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+      const vf th = 1.0f - 2.0f / (vexp(2.0f * u) + 1.0f);   // tanh(u)
+      return 0.5f * x * (1.0f + th);
+    }
+    default: return x;
+  }
+}
+
+// Kernels apply ReLU to each output vector in registers (`relu_if`) and every other
+// activation in a second pass over the output rows they just wrote, while those are in
+// cache (`activate_rows`): a per-vector switch in every register block made the kernels
+// 5x larger.
+inline __attribute__((always_inline)) vf relu_if(vf x, bool relu) { return relu ? (x < 0 ? vf{} : x) : x; }
+
+template <typename T>
+__attribute__((noinline)) void activate_rows(T* p, int64_t n, Act a) {
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) IO<T>::store(p + i, act_general(IO<T>::load(p + i), a));
+  if (i < n) store_lanes(p + i, act_general(load_lanes(p + i, (int)(n - i)), a), (int)(n - i));
+}

@@ -1,0 +1,100 @@
+// The interface between the host code (bindings.cpp: tensors, autograd, torch.library ops) and
+// the kernels, which are compiled once per instruction set (isa_*.cpp) and chosen at load by
+// the CPU's flags. Kernels see raw pointers and a Geometry, never a tensor.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace sepconv {
+
+struct bf16 { uint16_t bits; };
+enum DType : int { F32 = 0, BF16 = 1 };
+
+// One depthwise convolution over channels_last data: input (N, H, W, C), output (N, OH, OW, C).
+struct Geometry {
+  int64_t N, H, W, C, OH, OW;
+  int kh, kw, sh, sw, ph, pw, dil_h, dil_w;
+};
+
+// The activation applied to each finished output (bias included): ReLU, clamp (ReLU6,
+// hardtanh: lo..hi), SiLU, Hardswish, GELU (erf or tanh form), sigmoid.
+enum ActKind : int { ACT_NONE = 0, ACT_RELU, ACT_CLAMP, ACT_SILU, ACT_HARDSWISH, ACT_GELU, ACT_GELU_TANH, ACT_SIGMOID };
+struct Act { int kind = ACT_NONE; float lo = 0, hi = 0; };
+
+// x, y: T* (float or bf16, as `dtype`); w: float32 (kh, kw, C); b: float32 (C,) or null.
+using ForwardFn = void (*)(const void* x, const float* w, const float* b, void* y, const Geometry& g, const Act& act);
+// Weight gradient: dw float32 (C, 1, kh, kw), db float32 (C,) or null.
+using GradWeightFn = void (*)(const void* x, const void* dy, float* dw, float* db, const Geometry& g);
+// Input gradient by gather (any stride): w float32 (kh, kw, C).
+using GradInputFn = void (*)(const void* dy, const float* w, void* dx, const Geometry& g);
+// Both gradients in one pass over dy: w and its 180-degree flip wf as float32 (kh, kw, C);
+// gf is the geometry of the stride-1 input gradient as a forward pass over dy.
+using BackwardFn = void (*)(const void* x, const void* dy, const float* w, const float* wf, void* dx, float* dw,
+                            float* db, const Geometry& g, const Geometry& gf);
+// Winograd forward (3x3, stride 1, dilation 1): u the transformed filters as float32.
+using WinogradFn = void (*)(const void* x, const float* u, const float* b, void* y, const Geometry& g, const Act& act);
+
+// One named kernel and the calls it serves: kernel (kh, kw), equal strides `stride`, no
+// dilation, `dtype`. kh == 0 marks the generic kernel of a dtype (any size, stride, dilation).
+template <typename Fn> struct Variant {
+  const char* name;
+  int kh, kw, stride;
+  DType dtype;
+  Fn fn;
+};
+
+// Winograd F(tile, 3) for depthwise 3x3: row-wise 1-D (tile 2) or 2-D (tile 2 or 4).
+struct WinogradVariant {
+  const char* name;
+  int tile;
+  bool two_d;
+  DType dtype;
+  WinogradFn fn;
+};
+
+struct KernelSet {
+  const char* isa;
+  const Variant<ForwardFn>* forward; int n_forward;
+  const Variant<GradWeightFn>* grad_weight; int n_grad_weight;   // stride: 0 (any)
+  const Variant<GradInputFn>* grad_input; int n_grad_input;
+  const Variant<BackwardFn>* backward; int n_backward;           // no generic row: one-pass serves listed rows only
+  const WinogradVariant* winograd; int n_winograd;
+};
+
+// The variant serving (kh, kw, stride, dilation, dtype): the first specialised row that
+// matches, else the dtype's generic row (null where the table has none).
+template <typename Fn>
+const Variant<Fn>* select_variant(const Variant<Fn>* rows, int n, const Geometry& g, DType dtype) {
+  const bool plain = g.sh == g.sw && g.dil_h == 1 && g.dil_w == 1;
+  for (int i = 0; i < n; ++i)
+    if (rows[i].dtype == dtype && rows[i].kh == g.kh && rows[i].kw == g.kw && plain &&
+        (rows[i].stride == 0 || rows[i].stride == g.sh))
+      return &rows[i];
+  for (int i = 0; i < n; ++i)
+    if (rows[i].dtype == dtype && rows[i].kh == 0) return &rows[i];
+  return nullptr;
+}
+
+// The Winograd transforms the kernels use: F(2,3) with points {0, 1, -1} and F(4,3) with
+// {0, 1, -1, 2, -1/2}, as sepconv.functional.winograd.transforms(m) builds them from exact
+// rationals (every entry is exact in float); the extension's winograd_constants(m) returns
+// them so that a test holds the two in step.
+constexpr float BT23[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, -1, 0, 1}};
+constexpr float AT23[2][4] = {{1, 1, 1, 0}, {0, 1, -1, 1}};
+constexpr float BT43[6][6] = {{1, 1.5f, -2, -1.5f, 1, 0}, {0, 1, 2.5f, 0.5f, -1, 0},
+                              {0, 1, 0.5f, -2.5f, 1, 0},  {0, -0.5f, -1, 0.5f, 1, 0},
+                              {0, -2, 1, 2, -1, 0},       {0, 1, 1.5f, -2, -1.5f, 1}};
+constexpr float AT43[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -0.5f, 0},
+                              {0, 1, 1, 4, 0.25f, 0}, {0, 1, -1, 8, -0.125f, 1}};
+
+namespace generic { const KernelSet& kernel_set(); }
+#if defined(__x86_64__)
+namespace avx2 { const KernelSet& kernel_set(); }
+namespace avx512 { const KernelSet& kernel_set(); }
+#endif
+// The best set this CPU can run (AVX-512, AVX2, then generic), or the one named by the
+// environment variable SEPCONV_ISA (generic, avx2, avx512) if this CPU can run it.
+const KernelSet& kernels();
+
+}  // namespace sepconv

@@ -1,0 +1,88 @@
+"""Python side of the native ops: their fake (shape) kernels for tracing, and the runners the
+algorithm registry calls (layout handling, transformed Winograd filters)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ..spec import ConvSpec, conv_out_size
+from . import load
+
+
+class Act(NamedTuple):
+    """An activation a native kernel applies to its finished outputs: ``kind`` one of
+    :data:`ACT_KINDS`; ``lo``/``hi`` the bounds of "clamp" (ReLU6 is clamp 0..6)."""
+
+    kind: str = "none"
+    lo: float = 0.0
+    hi: float = 0.0
+
+
+ACT_KINDS = ("none", "relu", "clamp", "silu", "hardswish", "gelu", "gelu_tanh", "sigmoid")
+NO_ACT = Act()
+
+
+def _out_like(x, oh, ow):
+    return torch.empty((x.shape[0], x.shape[1], oh, ow), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+def register_fakes() -> None:
+    """Shape functions of the extension's ops, for FakeTensor tracing (torch.compile, export).
+    Called once by :func:`sepconv.kernels.load` after the extension registered the ops."""
+
+    @torch.library.register_fake("sepconv::depthwise")
+    def _(x, weight, bias, stride, padding, dilation, act="none", lo=0.0, hi=0.0):
+        return _out_like(x, *conv_out_size(x.shape[2:], weight.shape[2:], stride, padding, dilation))
+
+    @torch.library.register_fake("sepconv::depthwise_backward")
+    def _(grad_output, x, weight, stride, padding, dilation, output_mask):
+        dx = torch.empty_like(x, memory_format=torch.channels_last) if output_mask[0] else None
+        dw = torch.empty_like(weight) if output_mask[1] else None
+        db = grad_output.new_empty(x.shape[1]) if output_mask[2] else None
+        return dx, dw, db
+
+    @torch.library.register_fake("sepconv::winograd")
+    def _(x, u, bias, padding, two_d, act="none", lo=0.0, hi=0.0):
+        return _out_like(x, *conv_out_size(x.shape[2:], (3, 3), (1, 1), padding, (1, 1)))
+
+
+def _watched() -> bool:
+    """True when something must see the op go through the dispatcher: a compiler or tracer,
+    or a dispatch mode (FlopCounterMode, FakeTensorMode, ...). Otherwise eager calls skip it
+    (the profiler still sees them: the kernels record themselves)."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._len_torch_dispatch_stack() > 0)
+
+
+def run(x, weight, bias, spec: ConvSpec, act: Act = NO_ACT):
+    """Depthwise convolution (depth multiplier 1) by the native kernel, bias and `act` fused;
+    output in x's memory format."""
+    call = torch.ops.sepconv.depthwise if _watched() else load().depthwise
+    y = call(x, weight, bias, spec.stride, spec.padding, spec.dilation, *act)
+    return y if spec.layout == "nhwc" else y.contiguous()
+
+
+def run_winograd_rows(x, weight, bias, spec: ConvSpec, act: Act = NO_ACT):
+    """Depthwise 3x3 (stride 1, dilation 1, multiplier 1) by the native row-wise F(2,3)
+    kernel, inference only; output in x's memory format."""
+    return _winograd(x, weight, bias, spec, act, tile=2, two_d=False)
+
+
+def run_winograd_2d(m: int):
+    """The runner of the native 2-D F(m x m, 3x3) kernel (m = 2 or 4): depthwise 3x3,
+    stride 1, dilation 1, multiplier 1, inference only; output in x's memory format."""
+    return lambda x, weight, bias, spec, act=NO_ACT: _winograd(x, weight, bias, spec, act, m, two_d=True)
+
+
+def _winograd(x, weight, bias, spec, act, tile, two_d):
+    from ..functional.winograd import matrices
+
+    _, g, _ = matrices(tile, torch.float32, "cpu")
+    w = weight[:, 0].float()
+    # U = G g G^T per channel as (n, n, C), or G applied to each kernel row as (3, 4, C)
+    u = (g @ w @ g.t() if two_d else w @ g.t()).permute(1, 2, 0).contiguous()
+    y = torch.ops.sepconv.winograd(x, u, bias, spec.padding, two_d, *act)
+    return y if spec.layout == "nhwc" else y.contiguous()
