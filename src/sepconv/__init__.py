@@ -32,7 +32,7 @@ _NAMES = {
     "optimize_for_inference": "convert", "count": "analysis",
     "create_model": "models", "list_models": "models",
 }
-_SUBMODULES = ("algorithms", "analysis", "bench", "convert", "data", "functional", "kernels", "keras",
+_SUBMODULES = ("algorithms", "analysis", "bench", "cli", "convert", "data", "functional", "kernels", "keras",
                "layers", "models", "spec", "timing", "train")
 
 __all__ = ["__version__", *_NAMES, *_SUBMODULES]

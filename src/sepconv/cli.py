@@ -192,7 +192,10 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
     parser = _Parser(prog="sepconv", description="Efficient convolutions for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"sepconv {__version__}")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

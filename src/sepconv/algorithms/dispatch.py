@@ -84,14 +84,10 @@ def resolve(name: str, spec, owner: str, x: torch.Tensor | None = None) -> Algor
     return algo
 
 
-# Validated calls: (spec, algorithm) by everything that determines them, so a repeated call
-# skips validation and plan lookup (about 20 us of Python per call, as long as a small
-# layer's whole run). Cleared with the tuner's plans.
+# Validated calls: (spec, algorithm, tuner generation) by everything that determines them, so
+# a repeated call skips validation and plan lookup (about 20 us of Python per call, as long as
+# a small layer's whole run). An entry resolved before the tuner's plans changed is stale.
 _DISPATCH: OrderedDict = OrderedDict()
-
-
-def clear_dispatch_cache() -> None:
-    _DISPATCH.clear()
 
 
 def _dispatch_key(x, weight, bias, stride, padding, dilation, algorithm):
@@ -114,8 +110,8 @@ def plan_call(owner, x, weight, bias, stride, padding, dilation, algorithm):
     call signature, then read from a cache."""
     key = _dispatch_key(x, weight, bias, stride, padding, dilation, algorithm)
     hit = _DISPATCH.get(key) if key is not None else None
-    if hit is not None:
-        return hit
+    if hit is not None and hit[2] == tuner.generation:
+        return hit[0], hit[1]
     if torch.jit.is_tracing():
         with warnings.catch_warnings():
             # Under torch.jit.trace the shape checks read traced sizes: they are constants of
@@ -126,7 +122,7 @@ def plan_call(owner, x, weight, bias, stride, padding, dilation, algorithm):
         spec = depthwise_spec(owner, x, weight, bias, stride, padding, dilation)
     algo = resolve(algorithm, spec, owner, x)
     if key is not None:
-        _DISPATCH[key] = (spec, algo)
+        _DISPATCH[key] = (spec, algo, tuner.generation)
         if len(_DISPATCH) > MAX_DISPATCH:
             _DISPATCH.popitem(last=False)
     return spec, algo

@@ -185,6 +185,7 @@ class Tuner:
     """Times eligible algorithms per spec; plans are kept in memory and in one JSON file."""
 
     def __init__(self):
+        self.generation = 0   # bumped when plans are forgotten or replaced: resolved calls are stale
         self._plans: OrderedDict[str, Plan] = OrderedDict()
         self._lock = threading.RLock()
         self._retuned: set = set()   # noisy stored plans this process tuned again
@@ -256,12 +257,10 @@ class Tuner:
         return {k: p for k, d in plans.items() if (p := _plan_from_json(k, d)) is not None}
 
     def clear(self, disk: bool = False) -> None:
-        """Forget the plans (and the dispatch cache) of this process; with `disk`, delete the
-        plan file too."""
-        from .dispatch import clear_dispatch_cache
-
+        """Forget the plans of this process (calls resolved from them are resolved again); with
+        `disk`, delete the plan file too."""
         with self._lock:
-            clear_dispatch_cache()
+            self.generation += 1
             self._plans.clear()
             self._retuned.clear()
             path = self.path
@@ -298,6 +297,7 @@ class Tuner:
                     return self._remember(stored)
             self._retuned.add(key)
             plan = self._remember(self._measure(spec, key))
+            self.generation += 1
             self._save(plan)
             return plan
 
