@@ -99,6 +99,8 @@ at::Tensor weight_hwc(const at::Tensor& weight, bool flip = false) {
   return out;
 }
 
+size_t weight_cache_held = 0;   // bytes in the weight cache below
+
 // weight_hwc for inference calls, which pass the same weights again and again: the last
 // transposes are kept by the weight's address and shape, each with a copy of the bytes it
 // was made from, and reused only if the weight's bytes still equal that copy (a memcmp, a
@@ -112,7 +114,7 @@ at::Tensor weight_hwc_cached(const at::Tensor& weight) {
   static std::mutex mutex;
   // never destroyed: tensors must not be freed after libtorch at exit
   static auto& cache = *new std::map<std::tuple<const void*, int64_t, int64_t, int64_t, int>, Entry>();
-  static size_t held = 0;   // bytes in the cache
+  size_t& held = weight_cache_held;
   const auto key = std::make_tuple(weight.data_ptr(), weight.size(0), weight.size(2), weight.size(3),
                                    (int)weight.scalar_type());
   const char* data = static_cast<const char*>(weight.data_ptr());
@@ -270,9 +272,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_backward_cpu(
       if (want_b) gb = g[1].to(dy.scalar_type());
     }
   }
-  // The weight's own layout (as nn.Conv2d's gradient): DDP's buckets expect it.
-  if (gw.defined() && !w.is_contiguous() && w.is_contiguous(at::MemoryFormat::ChannelsLast))
-    gw = gw.contiguous(at::MemoryFormat::ChannelsLast);
+  // The weight's own strides (as nn.Conv2d's gradient): DDP's buckets expect them. (A
+  // (C, 1, kh, kw) weight is both contiguous and channels_last, with different strides.)
+  if (gw.defined() && gw.strides() != w.strides()) gw = at::empty_like(w).copy_(gw);
   return {dx, gw, gb};
 }
 
@@ -478,6 +480,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "sepconv::depthwise without the dispatcher (about 3 us less a call): for eager calls when no dispatch "
         "mode, tracer or compiler needs to see the op");
   m.def("winograd_constants", &sepconv::winograd_constants, "the B^T rows then the A^T rows of F(m,3) the kernels use");
+  m.def("weight_cache_bytes", [] { return sepconv::weight_cache_held; },
+        "bytes the inference weight cache holds (transposes and the copies they were made from)");
   m.def("weight_hwc", &sepconv::weight_hwc, "(C, 1, kh, kw) -> float32 (kh, kw, C), taps optionally flipped",
         pybind11::arg("weight"), pybind11::arg("flip") = false);
   m.def("grad_input", &sepconv::grad_input, "depthwise input gradient by gather, NHWC");

@@ -3,6 +3,7 @@ algorithm registry calls (layout handling, transformed Winograd filters)."""
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -47,6 +48,22 @@ def register_fakes() -> None:
     @torch.library.register_fake("sepconv::winograd")
     def _(x, u, bias, padding, two_d, act="none", lo=0.0, hi=0.0):
         return _out_like(x, *conv_out_size(x.shape[2:], (3, 3), (1, 1), padding, (1, 1)))
+
+    # FlopCounterMode counts the ops as the convolutions they compute: FLOPs = 2 x MACs, one
+    # multiply-add per output and tap (Winograd: the direct count, as for any algorithm).
+    from torch.utils.flop_counter import register_flop_formula
+
+    @register_flop_formula(torch.ops.sepconv.depthwise)
+    def _(x_shape, w_shape, *args, out_shape=None, **kwargs):
+        return 2 * math.prod(out_shape) * w_shape[2] * w_shape[3]
+
+    @register_flop_formula(torch.ops.sepconv.depthwise_backward)
+    def _(dy_shape, x_shape, w_shape, stride, padding, dilation, mask, *args, out_shape=None, **kwargs):
+        return 2 * math.prod(dy_shape) * w_shape[2] * w_shape[3] * (int(mask[0]) + int(mask[1]))
+
+    @register_flop_formula(torch.ops.sepconv.winograd)
+    def _(x_shape, u_shape, *args, out_shape=None, **kwargs):
+        return 2 * math.prod(out_shape) * 9
 
 
 def _watched() -> bool:
