@@ -24,6 +24,8 @@ pytestmark = pytest.mark.skipif(not kernels.is_available(),
                                 reason=f"native kernel unavailable: {kernels.unavailable_reason()}")
 
 NATIVE = algorithms.get_algorithm("native")
+if os.environ.get("SEPCONV_EXPECT_ISA"):   # set by test_every_instruction_set below
+    assert kernels.isa() == os.environ["SEPCONV_EXPECT_ISA"], kernels.isa()
 
 # (N, C, H, W), kernel, stride, padding, dilation
 CASES = [
@@ -341,3 +343,19 @@ def test_native_under_torch_compile_is_one_graph_and_trains():
         grads.append((xs.grad, layer.weight.grad, layer.bias.grad))
     for compiled, eager in zip(*grads):
         torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_every_instruction_set(isa):
+    # The extension holds the kernels for several instruction sets and runs the best this CPU
+    # has; SEPCONV_ISA asks for a lower one, so the others are tested here too.
+    import subprocess
+    import sys
+
+    if isa == "avx2" and kernels.isa() == "generic":
+        pytest.skip("this CPU has no AVX2")
+    env = {**os.environ, "SEPCONV_ISA": isa, "SEPCONV_EXPECT_ISA": isa}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                           "forward_and_relu or gradients or one_pass or winograd_forward or streamed or reuses"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:]

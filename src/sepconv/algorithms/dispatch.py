@@ -76,7 +76,7 @@ def resolve(name: str, spec, owner: str, x: torch.Tensor | None = None) -> Algor
             return _REGISTRY[_compiled_choice(spec.key())]
         if x is not None and tracing(x):
             return _REGISTRY["reference"]
-        return _REGISTRY[tuner.plan(spec).choice]
+        return _REGISTRY[tuner.plan(spec, x=x).choice]
     algo = get_algorithm(name, owner)
     reason = algo.why_not(spec)
     if reason is not None:

@@ -174,11 +174,37 @@ def random_inputs(spec: ConvSpec, generator_seed: int = 0):
 
 
 def _check_crop(spec: ConvSpec) -> ConvSpec:
-    """A small instance of `spec` (batch 1, a few rows; width, channels and arguments kept) on
-    which each candidate's output is checked against float64 before it is timed."""
-    kh = spec.dilation[0] * (spec.kernel_size[0] - 1) + 1
+    """A small instance of `spec` on which each candidate's output is checked against float64
+    before it is timed: batch 1, a few rows, at most 64 columns past the kernel and 128
+    channels past the last full vector block (so row blocks, borders and channel tails are all
+    exercised), the arguments kept."""
+    kh, kw = (d * (k - 1) + 1 for d, k in zip(spec.dilation, spec.kernel_size))
     rows = min(spec.height, max(kh - 2 * spec.padding[0], 1) + 6 * spec.stride[0])
-    return dataclasses.replace(spec, batch=min(spec.batch, 1), height=rows)
+    cols = min(spec.width, max(kw - 2 * spec.padding[1], 1) + 64 * spec.stride[1])
+    channels = min(spec.channels, 128 + spec.channels % 16)
+    return dataclasses.replace(spec, batch=min(spec.batch, 1), height=rows, width=cols, channels=channels,
+                               out_channels=channels * spec.depth_multiplier)
+
+
+def _available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (None where it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _timing_bytes(spec: ConvSpec, have_input: bool) -> int:
+    """Bytes the timing allocates: the input (unless the caller's is used), the output, and in
+    training the output gradient and the input gradient."""
+    item = torch.finfo(spec.dtype).bits // 8
+    oh, ow = spec.out_size
+    x = spec.batch * spec.channels * spec.height * spec.width * item
+    y = spec.batch * spec.out_channels * oh * ow * item
+    return (0 if have_input else x) + y + ((y + x) if spec.requires_grad else 0)
 
 
 class Tuner:
@@ -282,7 +308,9 @@ class Tuner:
         stored = self._stored(key)
         return None if stored is None else stored.choice
 
-    def plan(self, spec: ConvSpec, retune: bool = False) -> Plan:
+    def plan(self, spec: ConvSpec, retune: bool = False, x: torch.Tensor | None = None) -> Plan:
+        """The plan for `spec`: from memory, else from disk, else tuned now (on `x`, the
+        caller's input, when given: no copy of a large input is made)."""
         key = plan_key(spec)
         with self._lock:
             if not retune:
@@ -296,12 +324,17 @@ class Tuner:
                 if usable and not (stored.noisy and key not in self._retuned):
                     return self._remember(stored)
             self._retuned.add(key)
-            plan = self._remember(self._measure(spec, key))
+            plan = self._remember(self._measure(spec, key, x))
             self.generation += 1
             self._save(plan)
             return plan
 
-    def _measure(self, spec: ConvSpec, key: str) -> Plan:
+    def _measure(self, spec: ConvSpec, key: str, given: torch.Tensor | None = None) -> Plan:
+        need, avail = _timing_bytes(spec, given is not None), _available_bytes()
+        if avail is not None and need > avail // 2:
+            raise MemoryError(f"tuning a {tuple((spec.batch, spec.channels, spec.height, spec.width))} "
+                              f"{str(spec.dtype).replace('torch.', '')} input needs about {need / 2**30:.1f} GiB, more "
+                              f"than half of the {avail / 2**30:.1f} GiB available.")
         rejected = {}
         budget = memory_budget()
         for name, algo in _REGISTRY.items():
@@ -326,7 +359,9 @@ class Tuner:
                 if y.numel() and excess.max().item() > 0:
                     rejected[algo.name] = "output outside its error bound on this shape"
                     candidates.remove(algo)
-        x, w, b = random_inputs(spec)
+        x, w, b = random_inputs(dataclasses.replace(spec, batch=0)) if given is not None else random_inputs(spec)
+        if given is not None:
+            x = given.detach()
         train = spec.requires_grad
         runners = []
         for algo in candidates:

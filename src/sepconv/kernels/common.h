@@ -52,18 +52,37 @@ template <> struct IO<bf16> {
   static void put(bf16* p, float v) { p->bits = float_to_bf16(v); }
 };
 
-// Vector load/store of the first `lanes` channels (lanes < VL only at the channel tail).
+// Vector load/store of the first `lanes` channels (lanes < VL only at the channel tail):
+// masked loads and stores where the ISA has them (element by element, a channel tail of
+// 8 made a 5x5 layer of 200 channels 9x slower than one of 192).
 template <typename T> inline __attribute__((always_inline)) vf load_lanes(const T* p, int lanes) {
   if (lanes == VL) return IO<T>::load(p);
+#if SEPCONV_VL == 16
+  const __mmask16 m = (__mmask16)((1u << lanes) - 1);
+  if constexpr (std::is_same_v<T, float>) return (vf)_mm512_maskz_loadu_ps(m, p);
+  else return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16);
+#else
   float tmp[VL] = {};
   for (int l = 0; l < lanes; ++l) tmp[l] = IO<T>::get(p + l);
   return loadf(tmp);
+#endif
 }
 template <typename T> inline __attribute__((always_inline)) void store_lanes(T* p, vf v, int lanes) {
   if (lanes == VL) return IO<T>::store(p, v);
+#if SEPCONV_VL == 16
+  const __mmask16 m = (__mmask16)((1u << lanes) - 1);
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_mask_storeu_ps(p, m, (__m512)v);
+  } else {
+    bf16 tmp[VL];
+    IO<bf16>::store(tmp, v);
+    _mm256_mask_storeu_epi16(p, m, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tmp)));
+  }
+#else
   float tmp[VL];
   storef(tmp, v);
   for (int l = 0; l < lanes; ++l) IO<T>::put(p + l, tmp[l]);
+#endif
 }
 
 // Non-temporal store where possible: the output is not read again by this kernel, and

@@ -52,9 +52,9 @@ void forward_rows(const T* x, const float* w, const float* b, T* y, const Geomet
     const int ih0 = oh * g.sh - g.ph;
     // Two output rows at once: they share KH - SW of their KH + SW input rows, so each
     // input vector loaded there feeds both (measured 1.02-1.25x at stride 1 and 1.0-1.3x
-    // at stride 2 on MobileNet's layers). Only with full channel blocks and rows of 4+
-    // outputs: the per-pixel fallback does one row.
-    const bool two = KH > 0 && row + 1 < end && oh + 1 < g.OH && g.C % VL == 0 && g.OW >= 4;
+    // at stride 2 on MobileNet's layers). Only for rows of 4+ outputs; a channel tail takes
+    // the per-pixel path for both rows.
+    const bool two = KH > 0 && row + 1 < end && oh + 1 < g.OH && g.OW >= 4;
     step = two ? 2 : 1;
     if (prefetch && !two) {
       // The next step's new input rows, asked for now, so that the DRAM latency overlaps
@@ -66,8 +66,9 @@ void forward_rows(const T* x, const float* w, const float* b, T* y, const Geomet
         prefetch_row(xn + ih * g.W * g.C, g.W * g.C * sizeof(T));
       }
     }
-    auto pixel = [&](int ow, int64_t cb, int lanes, bool check) INLINE_LAMBDA {
-      const int iw0 = ow * g.sw - g.pw;
+    // Output (row k of the step, column ow) for the channel block at cb.
+    auto pixel = [&](int ow, int64_t cb, int lanes, bool check, int k = 0) INLINE_LAMBDA {
+      const int iw0 = ow * g.sw - g.pw, ih0k = ih0 + k * g.sh;
       auto ld = [lanes](const auto* p) INLINE_LAMBDA {
         return lanes == VL ? IO<std::remove_cv_t<std::remove_pointer_t<decltype(p)>>>::load(p) : load_lanes(p, lanes);
       };
@@ -76,7 +77,7 @@ void forward_rows(const T* x, const float* w, const float* b, T* y, const Geomet
       // chain (measured 3x slower).
       vf acc0 = b ? ld(b + cb) : vf{}, acc1{};
       for (int i = 0; i < kh; ++i) {
-        const int ih = ih0 + i * g.dil_h;
+        const int ih = ih0k + i * g.dil_h;
         if (ih < 0 || ih >= g.H) continue;
         const T* xr = xn + ih * g.W * g.C + cb;
         const float* wr = w + i * kw * g.C + cb;
@@ -88,7 +89,7 @@ void forward_rows(const T* x, const float* w, const float* b, T* y, const Geomet
         }
         if (i & 1) acc1 += row; else acc0 += row;
       }
-      store_lanes(yr + ow * g.C + cb, relu_if(acc0 + acc1, relu), lanes);
+      store_lanes(yr + (k * g.OW + ow) * g.C + cb, relu_if(acc0 + acc1, relu), lanes);
     };
     if (KH == 0) {
       // Four channel blocks at a time: four independent FMA chains, one bounds check per tap.
@@ -193,7 +194,8 @@ void forward_rows(const T* x, const float* w, const float* b, T* y, const Geomet
           continue;
         }
       }
-      for (int ow = 0; ow < g.OW; ++ow) pixel(ow, cb, lanes, ow < lo || ow >= hi);
+      for (int k = 0; k < step; ++k)
+        for (int ow = 0; ow < g.OW; ++ow) pixel(ow, cb, lanes, ow < lo || ow >= hi, k);
     }
     if (post) activate_rows(yr, step * g.OW * g.C, act);
   }
