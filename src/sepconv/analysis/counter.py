@@ -118,6 +118,14 @@ class _Recorder(TorchDispatchMode):
         self.unsupported = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # With autograd's dispatch keys active (grad enabled or no_grad), composite ops such
+        # as conv2d and linear are split into their parts (convolution, addmm) before they
+        # reach this mode; inference mode excludes those keys, so the composite op itself
+        # arrives here. Splitting it the same way makes every grad mode record the same ops.
+        with self:
+            out = func.decompose(*args, **(kwargs or {}))
+        if out is not NotImplemented:
+            return out
         out = func(*args, **(kwargs or {}))
         formula = FORMULAS.get(func)
         if formula is None:
