@@ -94,8 +94,9 @@ class CostReport:
 
     def table(self, max_rows: int | None = None):
         """A rich Table of the layers and the total."""
-        from rich.table import Table
+        from .._optional import require
 
+        Table = require("rich.table", "the per-layer cost table").Table
         t = Table(title=f"Cost for input {tuple(self.input_shape)} (MACs; FLOPs = 2 x MACs)")
         for col in ("layer", "type", "params", "MACs", "bytes", "FLOP/byte"):
             t.add_column(col, justify="left" if col in ("layer", "type") else "right")
