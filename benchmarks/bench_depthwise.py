@@ -1,10 +1,11 @@
 """Depthwise 3x3 over MobileNetV1's shapes: PyTorch NCHW and channels_last against every
 sepconv algorithm and "auto", forward (inference) and forward+backward (training).
 
-    python benchmarks/bench_depthwise.py [--out docs/results] [--rounds 60] [--training]
+    python benchmarks/bench_depthwise.py [--out DIR] [--rounds 60] [--training]
 
-Writes depthwise_<mode>.{json,md,png}. Same process, same inputs, interleaved rounds,
-medians, 2 threads, channels_last activations; every output is checked against float64.
+Writes depthwise_<mode>.{json,md,png} into DIR (default out/bench; `--out docs/results`
+replaces the committed results). Same process, same inputs, interleaved rounds, medians, 2
+threads, channels_last activations; every output is checked against float64.
 """
 
 import argparse
@@ -20,7 +21,7 @@ from sepconv.bench import layers  # noqa: E402
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("--out", default="docs/results")
+    p.add_argument("--out", default="out/bench", help="output folder (default %(default)s)")
     p.add_argument("--rounds", type=int, default=layers.LAYER_ROUNDS)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--training", action="store_true")

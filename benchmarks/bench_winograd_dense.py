@@ -4,9 +4,10 @@ oneDNN's convolution (NCHW and channels_last), on VGG/ResNet-like
 shapes at batch 1 and 8; medians of interleaved rounds, 2 threads, and each output's max
 error against float64 relative to the largest output.
 
-    python benchmarks/bench_winograd_dense.py [--out docs/results] [--rounds 15]
+    python benchmarks/bench_winograd_dense.py [--out DIR] [--rounds 15]
 
-Writes winograd_dense.{json,md}.
+Writes winograd_dense.{json,md} into DIR (default out/bench; `--out docs/results` replaces
+the committed results).
 """
 
 import argparse
@@ -68,7 +69,7 @@ def markdown(rows) -> str:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("--out", default="docs/results")
+    p.add_argument("--out", default="out/bench", help="output folder (default %(default)s)")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()

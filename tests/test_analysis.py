@@ -143,3 +143,38 @@ def test_cli_cost(capsys):
     assert "138,361,768 parameters" in capsys.readouterr().out
     assert main(["cost", "mobilenet_v2"]) == 1
     assert "Did you mean" in capsys.readouterr().err
+
+
+class _InferenceWrapper(nn.Module):
+    """A model whose own forward enters inference mode, as inference wrappers do."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        with torch.inference_mode():
+            return self.inner(x)
+
+
+def _summary(r):
+    return (r.total.as_dict(), [c.as_dict() for c in r.layers], {k: c.as_dict() for k, c in r.kinds.items()},
+            r.unsupported)
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_count_is_the_same_in_every_grad_mode(wrap):
+    # inference mode skips autograd's dispatch keys, which is where composite ops (conv2d,
+    # linear, batch_norm) are split into the ops that have cost formulas
+    model = create_model("mobilenet_v1_small").eval()
+    model = _InferenceWrapper(model) if wrap else model
+    x = torch.randn(2, 1, 16, 16)
+    with torch.enable_grad():
+        expected = _summary(count(model, x))
+    assert expected[0]["macs"] > 0 and expected[3] == {}
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            assert _summary(count(model, x)) == expected, mode.__name__
+    if wrap:   # the wrapper adds nothing to the cost
+        inner = count(model.inner, x).total
+        assert [expected[0][k] for k in ("macs", "bytes", "params")] == [inner.macs, inner.bytes, inner.params]

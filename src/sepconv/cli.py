@@ -1,12 +1,17 @@
-"""The `sepconv` command. Each sub-command is a function taking parsed arguments; library
-errors (ValueError/TypeError) become one line on stderr and exit code 1."""
+"""The `sepconv` command. Each sub-command is a function taking parsed arguments; bad flags,
+library errors (ValueError/TypeError), a missing optional package (ImportError) and a failed
+allocation become one line on stderr and exit code 1."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
+import tempfile
+from pathlib import Path
 
 # numpy's OpenBLAS thread pool competes with torch's OpenMP threads for the cores (measured on
 # 2 cores: a 70 us depthwise call took 625 us); the command caps it before numpy loads.
@@ -14,25 +19,64 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
+from ._validation import fail  # noqa: E402
+
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse takes "-1,8,8,8" for an unknown option (only "-1" looks like a number to
+        # it) and then reports the shape as missing; read it as a value, to be refused as one.
+        self._negative_number_matcher = re.compile(r"^-\d[\d,xX]*$|^-\d*\.\d+$")
+
     def error(self, message):  # one line and exit 1, no usage dump
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(1)
 
 
-def _shape(text: str) -> tuple[int, ...]:
+def _checked(convert, ok, expected: str):
+    """An argparse `type`: converts a flag's text and checks it. argparse puts the flag's name
+    before the message: "argument --batch: must be an integer >= 1. Received: 0."."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}. Received: {text}.")
+        return value
+    return parse
+
+
+_positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
+_non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = _checked(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+_shape = _checked(lambda t: tuple(int(v) for v in t.lower().replace("x", ",").split(",")),
+                  lambda v: len(v) == 4 and min(v) >= 1, "N,C,H,W, four integers >= 1 like 1,32,112,112")
+
+# what torch's CPU allocators say when an allocation fails
+_OUT_OF_MEMORY = ("can't allocate memory", "not enough memory")
+# what convolutions and pooling say when their input is smaller than their window
+_TOO_SMALL = ("Output size is too small", "can't be greater than actual input size")
+
+
+def _writable(owner: str, flag: str, path, folder: bool = False) -> None:
+    """Fail now, before the work, if `path` (a file, or with `folder` a folder, created if
+    missing) cannot be written: finding out after minutes of work loses that work."""
+    path = Path(path)
+    if not folder and path.is_dir():
+        fail(owner, f"`{flag}` must be a file path, not a folder.", f"{flag} {path}")
     try:
-        return tuple(int(v) for v in text.lower().replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N,C,H,W like 1,32,112,112; got {text!r}")
+        (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path if folder else path.parent):
+            pass
+    except OSError as e:
+        fail(owner, f"`{flag}` must be in a folder this process can write to.", f"{flag} {path} ({e.strerror or e})")
 
 
 def cmd_explain(args) -> int:
     from .algorithms import explain
 
-    if len(args.shape) != 4:
-        raise ValueError(f"explain: `shape` must be N,C,H,W. Received: {args.shape}.")
     plan = explain(args.shape, args.kernel_size, args.stride, args.padding, args.dilation,
                    args.depth_multiplier, getattr(torch, args.dtype), not args.nchw,
                    args.training, retune=args.retune)
@@ -45,38 +89,79 @@ def cmd_explain(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import torch.distributed as dist
+
+    from ._files import remove_orphans
     from .data import digits, image_folder, synthetic
     from .models import create_model
-    from .train import save_checkpoint, train
+    from .train import train
 
+    if args.save:
+        _writable("train", "--save", args.save)
+        remove_orphans(args.save)
+    if args.checkpoint_dir:
+        _writable("train", "--checkpoint-dir", args.checkpoint_dir, folder=True)
     if args.data == "digits":
         train_set, test_set = digits(args.size)
     elif args.data == "synthetic":
         train_set, test_set = synthetic(512, args.size)
     else:
         train_set, test_set = image_folder(args.data, args.size, grayscale=True)
-    kwargs = {"alpha": args.alpha} if args.alpha else {}
+    kwargs = {} if args.alpha is None else {"alpha": args.alpha}
     in_channels = train_set[0][0].shape[0]
     classes = int(max(int(y) for _, y in train_set)) + 1
+    # the initial weights are drawn here: seeding only inside train() would be too late
+    torch.manual_seed(args.seed)
     model = create_model(args.model, in_channels=in_channels, num_classes=classes, **kwargs)
-    result = train(model, train_set, test_set, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                   seed=args.seed, checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume,
-                   progress=not args.json)
-    import torch.distributed as dist
-
+    data = args.data if args.data in ("digits", "synthetic") else str(Path(args.data).resolve())
+    config = {"model": args.model, **kwargs, "in_channels": in_channels, "num_classes": classes, "data": data,
+              "size": args.size}
+    try:
+        result = train(model, train_set, test_set, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       seed=args.seed, checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume,
+                       progress=not args.json, config=config, timeout=args.timeout)
+    except dist.DistError as e:
+        fail("train", "another process of the run stopped or did not answer within `--timeout`.",
+             next(iter(str(e).splitlines()), type(e).__name__))
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if args.save and rank == 0:
-        save_checkpoint(args.save, model.state_dict())
-    if rank == 0:
-        if args.json:
-            print(json.dumps({"test_accuracy": result.test_accuracy, "history": result.history,
-                              "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch}))
-        else:
-            print(f"test accuracy {result.test_accuracy * 100:.2f}% after {args.epochs} epochs "
-                  f"({result.seconds:.1f} s)")
     if dist.is_initialized():
         dist.destroy_process_group()
+    if rank != 0:
+        return 0
+    if args.json:
+        print(json.dumps({"test_accuracy": result.test_accuracy, "history": result.history,
+                          "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch}))
+    else:
+        print(f"test accuracy {result.test_accuracy * 100:.2f}% after {args.epochs} epochs "
+              f"({result.seconds:.1f} s)")
+    if args.save:
+        _save_final(args.save, args.checkpoint_dir, model.state_dict())
     return 0
+
+
+def _save_final(path, checkpoint_dir, state: dict) -> None:
+    """Write the trained `state` to `path`; if that fails after all (the folder went away, the
+    disk filled), write it to the checkpoint folder, the current folder or the temporary
+    folder, whichever works first, and say where: a finished model is never thrown away."""
+    from .train import save_checkpoint
+
+    try:
+        save_checkpoint(path, state)
+        return
+    except OSError as e:
+        reason = e.strerror or str(e)
+    name = f"rescued-{os.getpid()}-{Path(path).name}"
+    for folder in (checkpoint_dir, os.getcwd(), tempfile.gettempdir()):
+        if folder is None:
+            continue
+        try:
+            save_checkpoint(Path(folder) / name, state)
+        except OSError:
+            continue
+        fail("train", f"`--save` could not be written after training ({reason}); the trained model was written "
+                      f"to {Path(folder) / name} instead.", f"--save {path}")
+    fail("train", f"`--save` could not be written after training ({reason}), nor a copy in the checkpoint, "
+                  "current or temporary folder.", f"--save {path}")
 
 
 def cmd_demo(args) -> int:
@@ -86,11 +171,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_cost(args) -> int:
-    from rich.console import Console
-
     from .analysis import count, mobilenet_table2, mobilenet_hand_count
 
-    console = Console()
+    if args.roofline:
+        _writable("cost", "--roofline", args.roofline)
     if args.hand_count:
         t = mobilenet_hand_count(args.input)
         if args.json:
@@ -107,14 +191,14 @@ def cmd_cost(args) -> int:
                   "sizes <= 0 whose squares still count; `sepconv cost mobilenet_v1 --input N` counts the real "
                   "(padded) network.")
         return 0
-    if not args.model:
-        raise ValueError("cost: give a model id (see `sepconv cost --list`) or --hand-count.")
     from .models import create_model, list_models
 
-    if args.model == "list":
+    if args.list or args.model == "list":
         print("\n".join(list_models()))
         return 0
-    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+    if not args.model:
+        fail("cost", "give a model id (`sepconv cost list` lists them) or --hand-count.", "no model")
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
     model = create_model(args.model, **kwargs).eval()
     from .models.registry import input_channels
 
@@ -127,7 +211,13 @@ def cmd_cost(args) -> int:
         from .convert import to_standard
 
         models["standard"] = to_standard(model).eval()
-    out = {label: count(m, x) for label, m in models.items()}
+    try:
+        out = {label: count(m, x) for label, m in models.items()}
+    except RuntimeError as e:
+        if not any(s in str(e) for s in _TOO_SMALL):
+            raise
+        fail("cost", f"{args.model} cannot run on an input this small; use a larger --input.",
+             f"--input {args.input} ({next(iter(str(e).splitlines()), '')})")
     report = out["as built"]
     rows = None
     if args.measure or args.roofline:  # only the model as built is timed and plotted
@@ -146,7 +236,9 @@ def cmd_cost(args) -> int:
         print(out["as built"].to_csv(), end="")
         return 0
     if args.layers:
-        console.print(report.table())
+        from ._optional import require
+
+        require("rich.console", "the per-layer table (--layers)").Console().print(report.table())
     t = report.total
     print(f"{args.model} @ {args.input}x{args.input}, batch {args.batch}: {t.params:,} parameters, "
           f"{t.macs:,} MACs ({t.macs / 1e6:.1f}M; {t.flops / 1e9:.3f} GFLOPs = 2 x MACs), "
@@ -191,43 +283,79 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .algorithms import tuner
+
+    which = "stored" if args.retune else "noisy"
+    plans = tuner.retune_stored(only_noisy=not args.retune, progress=print)
+    if not plans:
+        print(f"no {which} plans for this machine in {tuner.path}")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from .algorithms import cache_dir, tuner
+
+    folder = cache_dir()
+    if folder is None:
+        fail("cache", "there is no cache folder (no home directory); set SEPCONV_CACHE_DIR.", "no cache folder")
+    peaks = folder / "peaks.json"
+    if args.action == "info":
+        plans = tuner.stored_plans()
+        noisy = sum(p.noisy for p in plans.values())
+        print(f"plans  {tuner.path}: {len(plans)} for this machine, {noisy} noisy (re-timed by `sepconv tune`)")
+        print(f"peaks  {peaks}: {'present' if peaks.exists() else 'absent'}")
+        return 0
+    present = [p for p in (tuner.path, peaks) if p.exists()]
+    tuner.clear(disk=True)
+    if peaks.exists():
+        peaks.unlink()
+    print("\n".join(f"deleted {p}" for p in present) or f"nothing to delete in {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
+    from .train.loop import DEFAULT_TIMEOUT_S
 
     parser = _Parser(prog="sepconv", description="Efficient convolutions for PyTorch.")
     parser.add_argument("--version", action="version", version=f"sepconv {__version__}")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch threads (default: torch's own choice)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("demo", help="train standard, separable and versatile networks on digits and compare")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--seeds", type=int, default=1, help="seeds per network (accuracy is their mean)")
-    p.add_argument("--size", type=int, default=16, help="digits are upsampled to size x size")
-    p.add_argument("--alpha", type=float, default=0.5, help="width multiplier")
+    p.add_argument("--epochs", type=_positive_int, default=12)
+    p.add_argument("--seeds", type=_positive_int, default=1, help="seeds per network (accuracy is their mean)")
+    p.add_argument("--size", type=_positive_int, default=16, help="digits are upsampled to size x size")
+    p.add_argument("--alpha", type=_positive_float, default=0.5, help="width multiplier")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model from the zoo (torchrun for several processes)")
     p.add_argument("model", help="model id, e.g. mobilenet_v1_small")
     p.add_argument("--data", default="digits", help="'digits', 'synthetic' or an image folder path")
-    p.add_argument("--size", type=int, default=16)
-    p.add_argument("--alpha", type=float, default=None)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-dir", default=None, help="save last.pt here each epoch")
+    p.add_argument("--size", type=_positive_int, default=16)
+    p.add_argument("--alpha", type=_positive_float, default=None, help="width multiplier (default: the model's)")
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--lr", type=_positive_float, default=0.05)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--checkpoint-dir", default=None, help="save last.pt here each epoch and resume from it")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--save", default=None, help="write the final state_dict here (rank 0)")
+    p.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+                   help=f"how long a process waits for the others under torchrun (default {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("cost", help="parameters, MACs, bytes and roofline of a model")
     p.add_argument("model", nargs="?", help="model id, e.g. mobilenet_v1 ('list' lists them)")
-    p.add_argument("--input", type=int, default=224, help="input height and width (default 224)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--list", action="store_true", help="list the model ids")
+    p.add_argument("--input", type=_positive_int, default=224, help="input height and width (default 224)")
+    p.add_argument("--batch", type=_positive_int, default=1)
+    p.add_argument("--num-classes", type=_positive_int, default=None)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compare", choices=["standard"], help="also cost the standard-conv form")
     p.add_argument("--hand-count", action="store_true", help="MobileNetV1 body hand calculation")
@@ -241,9 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark depthwise layers against PyTorch")
     p.add_argument("target", choices=["layers", "model"], help="depthwise layers, or a whole model")
     p.add_argument("model", nargs="?", default="mobilenet_v1_100", help="model id for `bench model`")
-    p.add_argument("--input", type=int, default=224, help="input size for `bench model`")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--rounds", type=int, default=None,
+    p.add_argument("--input", type=_positive_int, default=224, help="input size for `bench model`")
+    p.add_argument("--batch", type=_positive_int, nargs="+", default=[1, 8])
+    p.add_argument("--rounds", type=_positive_int, default=None,
                    help="timed calls per candidate (default: the benchmark's own)")
     p.add_argument("--training", action="store_true", help="time forward+backward")
     p.add_argument("--out", default="out/bench", help="folder for JSON, Markdown and PNG")
@@ -252,27 +380,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="time the depthwise algorithms for one shape and show the choice")
     p.add_argument("shape", type=_shape, help="input N,C,H,W, e.g. 1,32,112,112")
-    p.add_argument("--kernel-size", type=int, default=3)
-    p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--padding", type=int, default=1)
-    p.add_argument("--dilation", type=int, default=1)
-    p.add_argument("--depth-multiplier", type=int, default=1)
+    p.add_argument("--kernel-size", type=_positive_int, default=3)
+    p.add_argument("--stride", type=_positive_int, default=1)
+    p.add_argument("--padding", type=_non_negative_int, default=1)
+    p.add_argument("--dilation", type=_positive_int, default=1)
+    p.add_argument("--depth-multiplier", type=_positive_int, default=1)
     p.add_argument("--dtype", choices=["float32", "float64", "bfloat16"], default="float32")
     p.add_argument("--nchw", action="store_true", help="time NCHW inputs (default channels_last)")
     p.add_argument("--training", action="store_true", help="time forward+backward")
     p.add_argument("--retune", action="store_true", help="ignore the cached plan")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("tune", help='time again the "auto" plans stored for this machine that were noisy')
+    p.add_argument("--retune", action="store_true", help="time again every stored plan, not only the noisy ones")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("cache", help='the "auto" plan cache: where it is and what it holds, or delete it')
+    p.add_argument("action", choices=["info", "clear"], help="info: path and plan counts; clear: delete "
+                                                             "plans.json and peaks.json")
+    p.set_defaults(func=cmd_cache)
     return parser
+
+
+def _run(args) -> int:
+    try:
+        return args.func(args)
+    except RuntimeError as e:
+        if not any(s in str(e) for s in _OUT_OF_MEMORY):
+            raise
+        asked = re.search(r"allocate (\d+) bytes", str(e))
+        fail(args.command, "there is not enough memory for this request; use smaller sizes.",
+             f"an allocation of {int(asked[1]) / 2**30:,.1f} GiB" if asked else next(iter(str(e).splitlines()), ""))
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
-        return args.func(args)
-    except (ValueError, TypeError) as e:
+        return _run(args)
+    except (ValueError, TypeError, ImportError) as e:
         sys.stderr.write(f"sepconv {args.command}: error: {e}\n")
         return 1
     except BrokenPipeError:  # output piped into `head` and the like

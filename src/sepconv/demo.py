@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ._optional import pyplot, require
 from .timing import median_seconds
 
 VARIANTS = [("standard", "mobilenet_v1_small_standard"),
@@ -68,8 +69,8 @@ def run_variants(epochs=12, seeds=(0,), size=16, alpha=0.5, progress=True, out=N
 
 
 def print_table(rows) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    Console = require("rich.console", "the demo's table").Console
+    Table = require("rich.table", "the demo's table").Table
 
     base = rows[0]
     t = Table(title="digits (scikit-learn), small MobileNet, test accuracy and cost per image")
@@ -90,10 +91,7 @@ def print_table(rows) -> None:
 
 
 def plot(rows, path) -> None:
-    from ._optional import pyplot
-
     plt = pyplot()
-
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         ax.scatter(r["macs"], r["test_accuracy_mean"] * 100, s=40)
@@ -109,6 +107,9 @@ def plot(rows, path) -> None:
 
 
 def run_demo(args) -> int:
+    # the table's and the plot's packages are checked before minutes of training, not after
+    require("rich", "the demo's table")
+    pyplot()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -94,8 +94,9 @@ class CostReport:
 
     def table(self, max_rows: int | None = None):
         """A rich Table of the layers and the total."""
-        from rich.table import Table
+        from .._optional import require
 
+        Table = require("rich.table", "the per-layer cost table").Table
         t = Table(title=f"Cost for input {tuple(self.input_shape)} (MACs; FLOPs = 2 x MACs)")
         for col in ("layer", "type", "params", "MACs", "bytes", "FLOP/byte"):
             t.add_column(col, justify="left" if col in ("layer", "type") else "right")
@@ -118,6 +119,14 @@ class _Recorder(TorchDispatchMode):
         self.unsupported = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # With autograd's dispatch keys active (grad enabled or no_grad), composite ops such
+        # as conv2d and linear are split into their parts (convolution, addmm) before they
+        # reach this mode; inference mode excludes those keys, so the composite op itself
+        # arrives here. Splitting it the same way makes every grad mode record the same ops.
+        with self:
+            out = func.decompose(*args, **(kwargs or {}))
+        if out is not NotImplemented:
+            return out
         out = func(*args, **(kwargs or {}))
         formula = FORMULAS.get(func)
         if formula is None:

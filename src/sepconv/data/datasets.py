@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from .._optional import require
 from .._validation import fail
 
 
@@ -31,11 +32,9 @@ def digits(size: int = 16, test_fraction: float = 0.2, seed: int = 0):
         >>> train[0][0].shape, len(train) + len(test)
         (torch.Size([1, 16, 16]), 1797)
     """
-    from sklearn.datasets import load_digits
-
     if not isinstance(size, int) or size < 8:
         fail("digits", "`size` must be an int >= 8.", f"size={size!r}")
-    d = load_digits()
+    d = require("sklearn.datasets", "the digits data set").load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     if size != 8:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
@@ -57,9 +56,9 @@ def synthetic(n: int = 512, size: int = 16, channels: int = 1, classes: int = 10
 
 def image_folder(root, size: int = 32, grayscale: bool = False, test_fraction: float = 0.2, seed: int = 0):
     """Images under ``root/<class>/*.{png,jpg,jpeg,bmp}`` (classes sorted by folder name),
-    resized to `size` x `size`, scaled to [0, 1] and normalised per channel."""
-    from PIL import Image
-
+    resized to `size` x `size`, scaled to [0, 1] and normalised per channel. A file that is not
+    a readable image raises a ValueError naming it."""
+    Image = require("PIL.Image", "image folders")
     root = Path(root)
     if not root.is_dir():
         fail("image_folder", "`root` must be a folder with one sub-folder per class.", f"root={str(root)!r}")
@@ -69,7 +68,10 @@ def image_folder(root, size: int = 32, grayscale: bool = False, test_fraction: f
         for f in sorted((root / name).iterdir()):
             if f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp"):
                 continue
-            img = Image.open(f).convert("L" if grayscale else "RGB").resize((size, size))
+            try:
+                img = Image.open(f).convert("L" if grayscale else "RGB").resize((size, size))
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                fail("image_folder", "a file is not a readable image; fix or remove it.", f"{f} ({e})")
             t = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).view(size, size, -1)
             xs.append(t.permute(2, 0, 1) / 255.0)
             ys.append(k)
