@@ -57,10 +57,14 @@ def test_bad_numbers_are_one_line_naming_the_flag(argv, message, capsys):
 
 
 def test_out_of_memory_is_one_line(capsys):
-    # its check crop alone is 3.2 PB, beyond any address space: the allocation fails at once
+    # the tuner refuses a shape it cannot time in this machine's memory, before allocating
     code, out, err = run(["explain", "1,10000000,8,10000000"], capsys)
     assert code == 1 and err.count("\n") == 1
-    assert "explain: there is not enough memory for this request; use smaller sizes. Received: an allocation of" in err
+    assert "explain: there is not enough memory for this request; use smaller sizes. Received: tuning a" in err
+    # an allocation that fails (a 4.8 TB input) is one line too
+    code, out, err = run(["cost", "mobilenet_v1", "--batch", "100000", "--input", "2000"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "cost: there is not enough memory for this request; use smaller sizes. Received: an allocation of" in err
 
 
 def test_cost_of_an_input_too_small_for_the_model_is_one_line(capsys):

@@ -406,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args) -> int:
     try:
         return args.func(args)
+    except MemoryError as e:   # the tuner refuses a shape it cannot time in this machine's memory
+        fail(args.command, "there is not enough memory for this request; use smaller sizes.", str(e))
     except RuntimeError as e:
         if not any(s in str(e) for s in _OUT_OF_MEMORY):
             raise

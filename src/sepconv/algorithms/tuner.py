@@ -334,7 +334,7 @@ class Tuner:
         if avail is not None and need > avail // 2:
             raise MemoryError(f"tuning a {tuple((spec.batch, spec.channels, spec.height, spec.width))} "
                               f"{str(spec.dtype).replace('torch.', '')} input needs about {need / 2**30:.1f} GiB, more "
-                              f"than half of the {avail / 2**30:.1f} GiB available.")
+                              f"than half of the {avail / 2**30:.1f} GiB available")
         rejected = {}
         budget = memory_budget()
         for name, algo in _REGISTRY.items():

@@ -21,7 +21,7 @@
 namespace sepconv {
 
 const KernelSet& kernels() {
-  static const KernelSet& chosen = [&]() -> const KernelSet& {
+  static const KernelSet chosen = [] {
     const char* want = std::getenv("SEPCONV_ISA");
     std::string w = want ? want : "";
 #if defined(__x86_64__)
@@ -29,7 +29,11 @@ const KernelSet& kernels() {
     const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (avx512 && (w.empty() || w == "avx512")) return avx512::kernel_set();
+    if (avx512 && (w.empty() || w == "avx512")) {
+      KernelSet set = avx512::kernel_set();
+      if (!__builtin_cpu_supports("avx512bf16")) set.gemm_pack_bf16 = nullptr, set.gemm_bf16 = nullptr;
+      return set;
+    }
     if (avx2 && (w.empty() || w == "avx512" || w == "avx2")) return avx2::kernel_set();
 #endif
     return generic::kernel_set();
@@ -429,6 +433,103 @@ std::string kernel_name(const std::string& kind, std::vector<int64_t> kernel, st
   TORCH_CHECK(false, "kernel_name: kind must be forward, grad_weight, grad_input or backward; got ", kind);
 }
 
+// ------------------------------------------------------------------------------------ GEMM
+
+// A Linear or 1x1 convolution weight (N, K) or (N, K, 1, 1), any float dtype, packed for this
+// machine's GEMM in float32 or (where the CPU has bfloat16 dot products) bfloat16: a 1-D
+// tensor whose layout is private to the kernel set (repack on another machine).
+at::Tensor gemm_pack(const at::Tensor& weight, bool bf16) {
+  TORCH_CHECK(weight.dim() == 2 || (weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1),
+              "gemm_pack: weight must be (N, K) or (N, K, 1, 1), got ", weight.sizes());
+  const at::Tensor w = weight.reshape({weight.size(0), weight.size(1)}).to(at::kFloat).contiguous();
+  const int64_t N = w.size(0), K = w.size(1), nr = kernels().gemm_nr, panels = (N + nr - 1) / nr;
+  if (bf16) {
+    TORCH_CHECK(kernels().gemm_bf16, "gemm_pack: this CPU has no bfloat16 dot products (AVX512-BF16)");
+    auto out = at::empty({panels * ((K + 1) / 2) * 2 * nr}, w.options().dtype(at::kBFloat16));
+    kernels().gemm_pack_bf16(w.data_ptr<float>(), N, K, out.data_ptr());
+    return out;
+  }
+  auto out = at::empty({panels * K * nr}, w.options());
+  kernels().gemm_pack_f32(w.data_ptr<float>(), N, K, out.data_ptr());
+  return out;
+}
+
+// Bias as float32 padded to whole panels (the GEMM reads whole panels of it).
+at::Tensor gemm_bias(const at::Tensor& bias) {
+  const int64_t N = bias.numel(), nr = kernels().gemm_nr;
+  auto out = at::zeros({(N + nr - 1) / nr * nr}, bias.options().dtype(at::kFloat));
+  out.narrow(0, 0, N).copy_(bias.reshape({N}));
+  return out;
+}
+
+// y = act2(act1(x . W^T + bias) + residual), W packed by gemm_pack, bias from gemm_bias. With
+// `conv`, x is (B, K, H, W) in channels_last memory (a 1x1 convolution) and so is y (B, N, H,
+// W); otherwise x is any contiguous tensor whose last dimension is K (a linear layer) and y
+// has x's shape with N last. x's dtype (float32 or bfloat16) is y's and must be the packed one.
+at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& packed, int64_t N, const c10::optional<at::Tensor>& bias,
+                const c10::optional<at::Tensor>& residual, bool conv, const std::string& act1, double lo1,
+                double hi1, const std::string& act2, double lo2, double hi2) {
+  RECORD_FUNCTION("sepconv::gemm", c10::ArrayRef<const c10::IValue>{});
+  TORCH_CHECK(!conv || x_in.dim() == 4, "sepconv gemm: a 1x1 convolution's input must be 4-D");
+  const at::Tensor x = conv ? x_in.contiguous(at::MemoryFormat::ChannelsLast) : x_in.contiguous();
+  TORCH_CHECK(x.scalar_type() == packed.scalar_type(), "sepconv gemm: input dtype ", x.scalar_type(),
+              " differs from the packed weight's ", packed.scalar_type());
+  const int64_t K = conv ? x.size(1) : x.size(-1), M = K ? x.numel() / K : 0;
+  at::Tensor y;
+  if (conv) {
+    y = at::empty({x.size(0), N, x.size(2), x.size(3)}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  } else {
+    auto shape = x.sizes().vec();
+    shape.back() = N;
+    y = at::empty(shape, x.options());
+  }
+  GemmArgs g{M, N, K, x.data_ptr(), K, y.data_ptr(), N, nullptr, nullptr, N,
+             parse_act(act1, lo1, hi1), parse_act(act2, lo2, hi2)};
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() >= N, "sepconv gemm: bias must come from gemm_bias");
+    g.bias = bias->data_ptr<float>();
+  }
+  at::Tensor r;
+  if (residual.has_value()) {
+    r = conv ? residual->contiguous(at::MemoryFormat::ChannelsLast) : residual->contiguous();
+    TORCH_CHECK(r.sizes() == y.sizes() && r.scalar_type() == y.scalar_type(),
+                "sepconv gemm: residual must have the output's shape and dtype");
+    g.residual = r.data_ptr();
+  }
+  if (M == 0) return y;
+  const auto& ks = kernels();
+  if (x.scalar_type() == at::kBFloat16) {
+    TORCH_CHECK(ks.gemm_bf16, "sepconv gemm: this CPU has no bfloat16 dot products (AVX512-BF16)");
+    ks.gemm_bf16(g, packed.data_ptr());
+  } else {
+    ks.gemm_f32(g, packed.data_ptr());
+  }
+  return y;
+}
+
+// Inference depthwise convolution with a pre-transposed float32 (kh, kw, C) weight (weight_hwc)
+// and any padding: `pad` is (top, bottom, left, right), so the sides may differ (TensorFlow's
+// "same"). x (N, C, H, W) is made channels_last; y is channels_last.
+at::Tensor depthwise_hwc(const at::Tensor& x, const at::Tensor& w_hwc, const c10::optional<at::Tensor>& bias,
+                         std::vector<int64_t> stride, std::vector<int64_t> pad, std::vector<int64_t> dilation,
+                         const std::string& act, double lo, double hi) {
+  RECORD_FUNCTION("sepconv::depthwise_hwc", c10::ArrayRef<const c10::IValue>{});
+  const at::Tensor xl = x.contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(w_hwc.dim() == 3 && w_hwc.size(2) == xl.size(1) && w_hwc.scalar_type() == at::kFloat,
+              "sepconv depthwise_hwc: weight must be float32 (kh, kw, C)");
+  TORCH_CHECK(pad.size() == 4, "sepconv depthwise_hwc: pad is (top, bottom, left, right)");
+  Geometry g = geometry(xl, w_hwc.size(0), w_hwc.size(1), stride, {pad[0], pad[2]}, dilation);
+  g.OH = (g.H + pad[0] + pad[1] - g.dil_h * (g.kh - 1) - 1) / g.sh + 1;
+  g.OW = (g.W + pad[2] + pad[3] - g.dil_w * (g.kw - 1) - 1) / g.sw + 1;
+  TORCH_CHECK(g.OH > 0 && g.OW > 0, "sepconv depthwise_hwc: the output would be empty");
+  auto y = at::empty({g.N, g.C, g.OH, g.OW}, xl.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const auto& ks = kernels();
+  select_variant(ks.forward, ks.n_forward, g, dtype_of(xl))
+      ->fn(xl.data_ptr(), w_hwc.data_ptr<float>(), bias.has_value() ? bias->data_ptr<float>() : nullptr,
+           y.data_ptr(), g, parse_act(act, lo, hi));
+  return y;
+}
+
 // The B^T rows then the A^T rows the Winograd kernels use for F(m, 3), m = 2 or 4.
 std::vector<std::vector<float>> winograd_constants(int64_t m) {
   TORCH_CHECK(m == 2 || m == 4, "winograd_constants: m must be 2 or 4, got ", m);
@@ -479,6 +580,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("depthwise", &sepconv::depthwise_call,
         "sepconv::depthwise without the dispatcher (about 3 us less a call): for eager calls when no dispatch "
         "mode, tracer or compiler needs to see the op");
+  m.def("gemm_pack", &sepconv::gemm_pack, "pack a (N, K) weight for gemm (float32, or bfloat16 with bf16=True)",
+        pybind11::arg("weight"), pybind11::arg("bf16") = false);
+  m.def("gemm_bias", &sepconv::gemm_bias, "a bias as float32 padded to whole GEMM panels");
+  m.def("gemm", &sepconv::gemm, "y = act2(act1(x . W^T + bias) + residual) with W packed by gemm_pack");
+  m.def("depthwise_hwc", &sepconv::depthwise_hwc,
+        "inference depthwise with a (kh, kw, C) float32 weight and (top, bottom, left, right) padding");
+  m.def("gemm_bf16_supported", [] { return sepconv::kernels().gemm_bf16 != nullptr; },
+        "whether this CPU runs the bfloat16 GEMM (AVX512-BF16)");
   m.def("winograd_constants", &sepconv::winograd_constants, "the B^T rows then the A^T rows of F(m,3) the kernels use");
   m.def("weight_cache_bytes", [] { return sepconv::weight_cache_held; },
         "bytes the inference weight cache holds (transposes and the copies they were made from)");

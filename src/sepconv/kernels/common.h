@@ -188,6 +188,15 @@ inline vf act_general(vf x, Act a) {
   }
 }
 
+__attribute__((noinline)) inline vf act_out_of_line(vf x, Act a) { return act_general(x, a); }
+
+// An activation on one vector: ReLU inline, the others out of line (epilogues of GEMM tiles).
+inline __attribute__((always_inline)) vf activate(vf x, const Act& a) {
+  if (a.kind == ACT_NONE) return x;
+  if (a.kind == ACT_RELU) return x < 0 ? vf{} : x;
+  return act_out_of_line(x, a);
+}
+
 // Kernels apply ReLU to each output vector in registers (`relu_if`) and every other
 // activation in a second pass over the output rows they just wrote, while those are in
 // cache (`activate_rows`): a per-vector switch in every register block made the kernels

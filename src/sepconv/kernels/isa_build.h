@@ -33,6 +33,7 @@ namespace SEPCONV_ISA {
 #include "forward.h"
 #include "winograd.h"
 #include "backward.h"
+#include "gemm.h"
 #include "table.h"
 }  // namespace SEPCONV_ISA
 }  // namespace sepconv

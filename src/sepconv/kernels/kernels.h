@@ -35,6 +35,23 @@ using BackwardFn = void (*)(const void* x, const void* dy, const float* w, const
 // Winograd forward (3x3, stride 1, dilation 1): u the transformed filters as float32.
 using WinogradFn = void (*)(const void* x, const float* u, const float* b, void* y, const Geometry& g, const Act& act);
 
+// C (M x N) = act2(act1(A (M x K) . B + bias) + residual): a 1x1 convolution or linear layer on
+// channels_last rows, B packed once by the set's gemm_pack_* (layout private to the set).
+struct GemmArgs {
+  int64_t M, N, K;
+  const void* a;
+  int64_t lda;
+  void* c;
+  int64_t ldc;
+  const float* bias;       // float32, padded to a multiple of gemm_nr, or null
+  const void* residual;    // M x N in C's dtype, or null
+  int64_t ldr;
+  Act act1, act2;          // act1 after the bias, act2 after the residual
+};
+using GemmFn = void (*)(const GemmArgs& g, const void* packed);
+// w: (N, K) row-major float32 (a Linear or 1x1 convolution weight) -> the set's packed layout.
+using GemmPackFn = void (*)(const float* w, int64_t N, int64_t K, void* out);
+
 // One named kernel and the calls it serves: kernel (kh, kw), equal strides `stride`, no
 // dilation, `dtype`. kh == 0 marks the generic kernel of a dtype (any size, stride, dilation).
 template <typename Fn> struct Variant {
@@ -60,6 +77,14 @@ struct KernelSet {
   const Variant<GradInputFn>* grad_input; int n_grad_input;
   const Variant<BackwardFn>* backward; int n_backward;           // no generic row: one-pass serves listed rows only
   const WinogradVariant* winograd; int n_winograd;
+  // GEMM: columns per packed panel; float32 (every set) and bfloat16 (null where the CPU has no
+  // bfloat16 dot products: such calls go to ATen). Packed sizes: float32 panels * K * nr
+  // floats, bfloat16 panels * ceil(K / 2) * 2 * nr halves, panels = ceil(N / nr).
+  int gemm_nr;
+  GemmPackFn gemm_pack_f32;
+  GemmFn gemm_f32;
+  GemmPackFn gemm_pack_bf16;
+  GemmFn gemm_bf16;
 };
 
 // The variant serving (kh, kw, stride, dilation, dtype): the first specialised row that

@@ -10,6 +10,7 @@
 const Variant<ForwardFn> FORWARD[] = {
     SEPCONV_DTYPES(FWD, 3, 1) SEPCONV_DTYPES(FWD, 3, 2)
     SEPCONV_DTYPES(FWD, 5, 1) SEPCONV_DTYPES(FWD, 5, 2)
+    SEPCONV_DTYPES(FWD, 7, 1)
     SEPCONV_DTYPES(FWD_GENERIC, 0)
 };
 
@@ -38,6 +39,12 @@ const Variant<BackwardFn> BACKWARD[] = {
   {TN "_2d_f4x4", 4, true, D, &winograd2d_kernel<T, 4>},
 const WinogradVariant WINOGRAD[] = {SEPCONV_DTYPES(WINO, 0)};
 
+#if SEPCONV_VL == 16 && defined(SEPCONV_TARGET)
+#define SEPCONV_GEMM_BF16 gemm_pack_bf16, gemm_bf16
+#else
+#define SEPCONV_GEMM_BF16 nullptr, nullptr
+#endif
+
 #define SEPCONV_COUNT(a) int(sizeof(a) / sizeof((a)[0]))
 const KernelSet& kernel_set() {
   static const KernelSet set{SEPCONV_ISA_NAME,
@@ -45,9 +52,11 @@ const KernelSet& kernel_set() {
                              GRAD_WEIGHT, SEPCONV_COUNT(GRAD_WEIGHT),
                              GRAD_INPUT, SEPCONV_COUNT(GRAD_INPUT),
                              BACKWARD, SEPCONV_COUNT(BACKWARD),
-                             WINOGRAD, SEPCONV_COUNT(WINOGRAD)};
+                             WINOGRAD, SEPCONV_COUNT(WINOGRAD),
+                             GEMM_NR, gemm_pack_f32, gemm_f32, SEPCONV_GEMM_BF16};
   return set;
 }
+#undef SEPCONV_GEMM_BF16
 #undef SEPCONV_COUNT
 #undef FWD
 #undef FWD_GENERIC
