@@ -270,11 +270,11 @@ def cmd_bench(args) -> int:
     if args.target == "model":
         from .bench import model as model_bench
 
-        rows = model_bench.bench_model(args.model, batches=args.batch, size=args.input,
-                                       progress=(lambda s: None) if args.json else print, **rounds)
-        model_bench.write(rows, args.out)
-        if args.json:
-            print(json.dumps(rows, indent=1))
+        runtimes = model_bench.RUNTIMES if not args.runtimes else tuple(args.runtimes)
+        result = model_bench.bench_model(args.model, batches=args.batch, size=args.input, runtimes=runtimes,
+                                         progress=(lambda s: None) if args.json else print, **rounds)
+        model_bench.write(result, args.out)
+        print(json.dumps(result, indent=1) if args.json else model_bench.markdown(result))
         return 0
     rows = layers.bench_layers(batches=args.batch, training=args.training,
                                progress=(lambda s: None) if args.json else print, **rounds)
@@ -312,6 +312,12 @@ def cmd_cache(args) -> int:
         peaks.unlink()
     print("\n".join(f"deleted {p}" for p in present) or f"nothing to delete in {folder}")
     return 0
+
+
+def model_bench_runtimes() -> tuple:
+    from .bench.model import RUNTIMES
+
+    return RUNTIMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=_positive_int, default=None,
                    help="timed calls per candidate (default: the benchmark's own)")
     p.add_argument("--training", action="store_true", help="time forward+backward")
+    p.add_argument("--runtimes", nargs="+", choices=model_bench_runtimes(), default=None,
+                   help="`bench model`: the runtimes to run (default: all)")
     p.add_argument("--out", default="out/bench", help="folder for JSON, Markdown and PNG")
     p.add_argument("--json", action="store_true", help="print all rows as JSON")
     p.set_defaults(func=cmd_bench)

@@ -1,9 +1,10 @@
-"""Model surgery: conversions between convolution forms, each with a report, and
-inference optimisation."""
+"""Model surgery: conversions between convolution forms, each with a report, and inference
+optimisation of any model (optimize_for_inference, with save and load of the result)."""
 
-from .optimize import optimize_for_inference
+from .optimize import OptimizationReport, OptimizedModel, optimize_for_inference
+from .serialize import load, save
 from .standard import to_standard
 from .surgery import ConversionReport, decompose, fold_batchnorm, to_separable, to_versatile
 
-__all__ = ["ConversionReport", "decompose", "fold_batchnorm", "optimize_for_inference", "to_separable",
-           "to_standard", "to_versatile"]
+__all__ = ["ConversionReport", "OptimizationReport", "OptimizedModel", "decompose", "fold_batchnorm", "load",
+           "optimize_for_inference", "save", "to_separable", "to_standard", "to_versatile"]

@@ -1,225 +1,414 @@
-"""`optimize_for_inference`: batch norm folded, channels_last end to end, depthwise + bias +
-ReLU fused in the native kernel where the tuned plan picks it, each pointwise convolution
-run by oneDNN's convolution or as one GEMM (MKL's or oneDNN's) with fused bias and ReLU,
-whichever measured fastest on its real input, and every depthwise shape tuned once on the example input."""
+"""`optimize_for_inference`: any model that torch.export can capture, run on sepconv's kernels.
+
+The model is captured as an ATen graph and lowered (:mod:`sepconv.convert.graph`): batch norms
+folded, depthwise convolutions on the native kernel, 1x1 convolutions and linear layers on the
+native GEMM with packed weights, activations, layer scales and residual adds fused, all in
+channels_last; where a per-layer alternative exists (ATen's oneDNN convolution or linear,
+which uses AMX on CPUs that have it), the faster on this machine and input is kept. A model
+that cannot be captured gets a module-level rewrite instead. The report says, per layer, what
+it became, and what was left and why.
+"""
 
 from __future__ import annotations
 
 import copy
-import functools
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass, field
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
 
-from ..algorithms.dispatch import plan_call
-from ..kernels.ops import Act
-from ..layers import DepthwiseConv2d, DepthwiseSeparableConv2d
-from .._validation import choice, fail
-from .surgery import fold_batchnorm
+from .. import kernels
+from .._validation import fail
+from ..timing import Candidate, compare
+from .graph import CaptureError, Lowering, aten_subgraph, capture
+
+_DTYPES = (torch.float32, torch.bfloat16)
 
 
-class FusedDepthwiseReLU(nn.Module):
-    """Inference-only depthwise convolution with its bias and ReLU applied in one pass when
-    the planned algorithm can fuse them (the native kernels); otherwise the planned algorithm
-    then ReLU.
+@dataclass
+class OptimizationReport:
+    """What :func:`optimize_for_inference` did: how the model was captured, per layer what it
+    became (``rows``: layer, op, became, and what was measured), batch norms folded, layers
+    left to ATen and why, the output difference against the model in float32 and float64,
+    and (with ``measure=True``) latencies."""
 
-    Shapes: as DepthwiseConv2d.
+    dtype: str
+    captured: str
+    rows: list[dict] = field(default_factory=list)
+    folded_batchnorms: int = 0
+    seconds: float = 0.0
+    max_abs_diff: float | None = None
+    rel_diff_vs_float64: float | None = None
+    latency_ms_eager: float | None = None
+    latency_ms_optimized: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def native(self) -> int:
+        return sum(r.get("became", "").startswith("native") for r in self.rows)
+
+    @property
+    def left(self) -> list[dict]:
+        """Layers that did not become a native kernel, each with the reason."""
+        return [r for r in self.rows if not r.get("became", "").startswith("native")]
+
+    def __str__(self) -> str:
+        lines = [f"optimize_for_inference ({self.dtype}): {self.captured}; {self.native} of {len(self.rows)} layers "
+                 f"native, {self.folded_batchnorms} batch norms folded, {self.seconds:.1f} s"]
+        if self.max_abs_diff is not None:
+            lines.append(f"  output vs eager: max abs diff {self.max_abs_diff:.3g}; relative to float64 "
+                         f"{self.rel_diff_vs_float64:.3g}")
+        if self.latency_ms_optimized is not None:
+            lines.append(f"  latency {self.latency_ms_eager:.3f} ms eager -> {self.latency_ms_optimized:.3f} ms")
+        lines += [f"  note: {n}" for n in self.notes]
+        for r in self.rows:
+            extra = "".join(f"; {k} {v}" for k, v in r.items() if k not in ("layer", "op", "became"))
+            lines.append(f"  {r['layer']}: {r['op']} -> {r.get('became', '?')}{extra}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _leaves(args, kwargs):
+    return pytree.tree_flatten((args, kwargs))
+
+
+def _signature(args, kwargs):
+    leaves, spec = _leaves(args, kwargs)
+    return (spec, tuple((tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else (type(x), x) for x in leaves))
+
+
+def _to_compute(tree, dtype):
+    """Floating-point tensors to the compute dtype, 4-D ones channels_last."""
+    def convert(x):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            return x
+        x = x.to(dtype)
+        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    return pytree.tree_map(convert, tree)
+
+
+class OptimizedModel(nn.Module):
+    """An inference model from :func:`optimize_for_inference`: call it as the original (same
+    arguments, same output pytree). Inputs are converted to the compute dtype and
+    channels_last, outputs come back in the input's floating dtype. A call with other input
+    shapes than the plans made so far re-plans (once per shape, with a warning) while the
+    original model is at hand; a loaded model runs the shapes it was saved with.
+
+    Attributes: ``report`` (:class:`OptimizationReport` of the first plan), ``dtype``.
     """
 
-    def __init__(self, dw: DepthwiseConv2d):
+    def __init__(self, model: nn.Module | None, dtype: torch.dtype, tune: bool):
         super().__init__()
-        self.weight = nn.Parameter(dw.weight.detach().clone(), requires_grad=False)
-        self.bias = None if dw.bias is None else nn.Parameter(dw.bias.detach().clone(), requires_grad=False)
-        self.stride, self.padding, self.dilation = dw.stride, dw._pad, dw.dilation
-        self.algorithm = dw.algorithm
+        self.dtype, self.tune = dtype, tune
+        self._source = [model]          # (a list: not a submodule, so its weights are not ours)
+        self.plans = nn.ModuleDict()    # graph modules by input signature
+        self._keys: dict = {}
+        self.report: OptimizationReport | None = None
+        self.loaded_report: str | None = None   # a loaded model's report, as text
 
-    def forward(self, x):
-        spec, algo = plan_call("FusedDepthwiseReLU", x, self.weight, self.bias, self.stride,
-                               self.padding, self.dilation, self.algorithm)
-        if algo.fuses_act:
-            return algo.run(x, self.weight, self.bias, spec, Act("relu"))
-        return F.relu(algo.run(x, self.weight, self.bias, spec))
+    def train(self, mode: bool = True):
+        """An inference model has no training mode: model.eval() and model.train() change
+        nothing (the exported plans refuse mode changes)."""
+        self.training = False
+        return self
+
+    def _plan_for(self, args, kwargs) -> fx.GraphModule:
+        sig = _signature(args, kwargs)
+        name = self._keys.get(sig)
+        if name is not None:
+            return self.plans[name]
+        if self._source[0] is None:
+            shapes = [s for s, _ in sig[1]]
+            fail("OptimizedModel", "a loaded model runs the input shapes it was optimized for; optimize the "
+                 "original model again for others.", f"inputs {shapes}")
+        t0 = time.perf_counter()
+        gm, report = _plan(self._source[0], args, kwargs, self.dtype, self.tune)
+        if self.report is None:
+            self.report = report
+        else:
+            warnings.warn(f"sepconv: re-planned for new input shapes {[s for s, _ in sig[1]]} "
+                          f"in {time.perf_counter() - t0:.1f} s.", RuntimeWarning, stacklevel=3)
+        name = f"plan{len(self.plans)}"
+        self.plans[name] = gm
+        self._keys[sig] = name
+        return gm
+
+    def forward(self, *args, **kwargs):
+        with torch.inference_mode():
+            leaves, _ = _leaves(args, kwargs)
+            out_dtype = next((x.dtype for x in leaves if isinstance(x, torch.Tensor) and x.is_floating_point()), None)
+            gm = self._plan_for(args, kwargs)
+            cargs, ckwargs = _to_compute((args, kwargs), self.dtype)
+            out = gm(*cargs, **ckwargs)
+            if out_dtype is None:
+                return out
+            return pytree.tree_map(
+                lambda y: y.to(out_dtype) if isinstance(y, torch.Tensor) and y.is_floating_point() else y, out)
 
 
-@functools.cache
-def _onednn_linear():
-    """oneDNN's linear with a fused post-op (``torch.ops.mkldnn._linear_pointwise``, the op
-    torch.compile's CPU backend emits), or None where this build lacks it; looked up once."""
+def _plan(model, args, kwargs, dtype, tune) -> tuple[fx.GraphModule, OptimizationReport]:
+    t0 = time.perf_counter()
     try:
-        return torch.ops.mkldnn._linear_pointwise.default if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):
-        return None
+        ep = capture(model, args, kwargs)
+    except CaptureError as e:
+        gm, report = _module_rewrite(model, dtype, str(e))
+    else:
+        low = Lowering(ep, dtype)
+        gm = low.run()
+        report = OptimizationReport(str(dtype).replace("torch.", ""), "captured with torch.export", low.rows,
+                                    low.folded_bn)
+        flat, _ = _leaves(*_to_compute((args, kwargs), dtype))
+        for node, value in zip([n for n in gm.graph.nodes if n.op == "placeholder"], flat):
+            node.meta["example"] = value
+        if tune and kernels.is_available():
+            _choose_backends(gm, dtype)
+        for node in gm.graph.nodes:   # (the float32 weights were kept for the measured choice only)
+            node.meta.pop("step", None)
+            node.meta.pop("example", None)
+    report.seconds = time.perf_counter() - t0
+    return gm, report
 
 
-class PointwiseGEMM(nn.Module):
-    """Inference-only 1x1 convolution (stride 1, groups 1) on channels_last input as one
-    GEMM: (N*H*W, C_in) @ (C_in, C_out) + bias, optionally followed by ReLU. The output is a
-    channels_last view of the GEMM result (no copy).
+# ---------------------------------------------------------------- measured backend choice
 
-    backend: ``"addmm"`` (MKL's sgemm, ReLU in place afterwards) or ``"onednn"`` (oneDNN's
-    linear with ReLU fused; measured 1.05-1.35x faster than addmm on MobileNet's 14x14 and 7x7
-    layers, where a GEMM has only 49-196 rows).
+def _choose_backends(gm: fx.GraphModule, dtype) -> None:
+    """Time each native kernel of the graph against the ATen convolution or linear layer that
+    computes the same (oneDNN: AMX on CPUs with it) on the layer's real input, and keep the
+    faster (interleaved medians; ATen must be 5% faster to replace the native kernel)."""
+    C = kernels.load()
+    native = (C.gemm, C.conv_gemm, C.depthwise_hwc)
+    calls: dict = {}
 
-    Shapes: (N, C_in, H, W) channels_last -> (N, C_out, H, W) channels_last.
-    """
+    class Recorder(fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            if node.op == "call_function" and node.target in native:
+                calls[node] = self.map_nodes_to_values(node.args, node)
+            return out
 
-    def __init__(self, conv: nn.Conv2d, relu: bool = False, backend: str = "addmm"):
-        super().__init__()
-        w = conv.weight.detach()
-        w2 = w.view(w.shape[0], w.shape[1])
-        self.backend = choice("PointwiseGEMM", "backend", backend, ("addmm", "onednn"))
-        # addmm takes the (C_in, C_out) transpose; oneDNN's linear the (C_out, C_in) weight
-        self.weight_t = nn.Parameter((w2.t() if backend == "addmm" else w2).contiguous(), requires_grad=False)
-        b = conv.bias.detach() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
-        self.bias = nn.Parameter(b.clone(), requires_grad=False)
-        self.relu = relu
-
-    def forward(self, x):
-        n, c, h, w = x.shape
-        x2 = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n * h * w, c)
-        if self.backend == "onednn":
-            y = _onednn_linear()(x2, self.weight_t, self.bias, "relu" if self.relu else "none", [], "")
-        else:
-            y = torch.addmm(self.bias, x2, self.weight_t)
-            if self.relu:
-                y.relu_()
-        return y.view(n, h, w, -1).permute(0, 3, 1, 2)
-
-
-class SeparableInference(nn.Module):
-    """A DepthwiseSeparableConv2d after BN folding and fusion (no norm left, the depthwise
-    activation fused): depthwise, pointwise, then the optional activation, without calls to
-    the Identity modules that stood for the others (four Python module calls per block).
-
-    Shapes: as the block it replaces.
-    """
-
-    def __init__(self, block: DepthwiseSeparableConv2d):
-        super().__init__()
-        self.depthwise, self.pointwise = block.depthwise, block.pointwise
-        self.act = None if isinstance(block.pw_act, nn.Identity) else block.pw_act
-
-    def forward(self, x):
-        y = self.pointwise(self.depthwise(x))
-        return y if self.act is None else self.act(y)
-
-
-def _lean_blocks(module: nn.Module) -> None:
-    for name, child in list(module.named_children()):
-        if (isinstance(child, DepthwiseSeparableConv2d) and isinstance(child.depthwise, FusedDepthwiseReLU)
-                and all(isinstance(m, nn.Identity) for m in (child.dw_norm, child.dw_act, child.pw_norm))):
-            setattr(module, name, SeparableInference(child))
-        else:
-            _lean_blocks(child)
-
-
-class InferenceModel(nn.Module):
-    """Wraps an optimized model: converts the input to channels_last (and to the model's
-    compute dtype) and runs under torch.inference_mode. The output comes back in the input's
-    dtype, so a bfloat16 model is a drop-in for float32 callers."""
-
-    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        self.model, self.dtype = model, dtype
-
-    def forward(self, x):
-        with torch.inference_mode():
-            y = self.model(x.to(dtype=self.dtype, memory_format=torch.channels_last))
-            return y.to(x.dtype) if y.dtype != x.dtype and x.is_floating_point() else y
-
-
-def _fuse(module: nn.Module) -> int:
-    fused = 0
-    for name, child in list(module.named_children()):
-        if (isinstance(child, DepthwiseSeparableConv2d) and isinstance(child.dw_norm, nn.Identity)
-                and isinstance(child.dw_act, nn.ReLU) and child.depthwise.depth_multiplier == 1
-                and child.depthwise.padding_mode == "zeros"):
-            child.depthwise = FusedDepthwiseReLU(child.depthwise)
-            child.dw_act = nn.Identity()
-            fused += 1
-        else:
-            fused += _fuse(child)
-    return fused
-
-
-def _is_pointwise(conv) -> bool:
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-            and conv.groups == 1 and conv.padding in ((0, 0), 0))
-
-
-def _choose_pointwise(model: nn.Module, example_input: torch.Tensor, rounds: int = 15) -> list[dict]:
-    """For each pointwise convolution of a DepthwiseSeparableConv2d, time oneDNN's conv
-    against one GEMM on the layer's real input (interleaved medians) and keep the faster,
-    fusing the block's ReLU into the GEMM. Returns what was measured and chosen."""
-    from ..timing import Candidate, compare
-
-    blocks = [m for m in model.modules() if isinstance(m, DepthwiseSeparableConv2d)
-              and _is_pointwise(m.pointwise) and isinstance(m.pw_norm, nn.Identity)]
-    inputs = {}
-    hooks = [b.pointwise.register_forward_pre_hook(lambda m, a: inputs.__setitem__(id(m), a[0]))
-             for b in blocks]
     with torch.inference_mode():
-        model(example_input.contiguous(memory_format=torch.channels_last))
-    for h in hooks:
-        h.remove()
-    decisions = []
-    for block in blocks:
-        x = inputs.get(id(block.pointwise))
-        if x is None:
-            continue
-        relu = isinstance(block.pw_act, nn.ReLU)
-        conv = block.pointwise
-        options = {"conv": (conv, block.pw_act), "gemm": (PointwiseGEMM(conv, relu=relu), nn.Identity())}
-        if _onednn_linear() is not None:
-            options["onednn_gemm"] = (PointwiseGEMM(conv, relu=relu, backend="onednn"), nn.Identity())
-        with torch.inference_mode():
-            want = block.pw_act(conv(x))
-            # conv and GEMMs all accumulate in float32; they differ by float32 rounding, or
-            # by one bfloat16 rounding of the output (assert_close's own bfloat16 tolerance)
-            tol = dict(rtol=1e-4, atol=1e-4) if x.dtype == torch.float32 else {}
-            for layer, act in options.values():
-                torch.testing.assert_close(act(layer(x)), want, **tol)
-            cands = compare([Candidate(name, lambda m=m, a=a: a(m(x))) for name, (m, a) in options.items()],
-                            rounds=rounds, budget_s=2.0)
-        t = {c.name: c.median for c in cands}
-        chosen = min(t, key=t.get)
-        block.pointwise, block.pw_act = options[chosen]
-        decisions.append({"shape": tuple(x.shape), **{f"{k}_ms": v * 1e3 for k, v in t.items()}, "chosen": chosen})
-    return decisions
+        Recorder(gm).run(*[n.meta["example"] for n in gm.graph.nodes if n.op == "placeholder"])
+        for node, args in calls.items():
+            step, row = node.meta["step"], node.meta["row"]
+            residual = None if node.target is C.depthwise_hwc else args[4]
+            sub = _aten_callable(step, args[0].dtype)
+            cands = compare([Candidate("native", lambda a=args: node.target(*a)),
+                             Candidate("aten", lambda a=args: sub(a[0], residual))], rounds=12, warmup=2, budget_s=0.25)
+            t = {c.name: c.median for c in cands}
+            row["native_ms"], row["aten_ms"] = round(t["native"] * 1e3, 4), round(t["aten"] * 1e3, 4)
+            if t["aten"] * 1.05 < t["native"]:
+                new = aten_subgraph(gm, node, step, node.args[0], None if residual is None else node.args[4], dtype)
+                node.replace_all_uses_with(new)
+                gm.graph.erase_node(node)
+                row["became"] = "ATen " + ("linear" if step.kind == "gemm" and not step.conv else "convolution") + \
+                    " (measured faster here)"
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
 
 
-def optimize_for_inference(model: nn.Module, example_input: torch.Tensor,
-                           dtype: torch.dtype = torch.float32) -> InferenceModel:
-    """An inference copy of `model`: BN folded, depthwise + bias + ReLU fused, weights and
-    activations channels_last, the auto plan tuned on `example_input` (same shape as later
-    inputs; another shape is tuned on first use).
+def _aten_callable(step, dtype):
+    """A function of (x, residual) computing `step` with ATen ops (for timing)."""
+    w = step.weight.reshape(step.weight.shape + ((1, 1) if step.conv else ())) if step.kind == "gemm" else step.weight
+    w, b = w.to(dtype), None if step.bias is None else step.bias.to(dtype)
+    top, bottom, left, right = step.pad
+
+    def run(x, residual):
+        if step.kind == "gemm":
+            y = F.conv2d(x, w, b) if step.conv else F.linear(x, w, b)
+        else:
+            if (top, left) != (bottom, right):
+                x = F.pad(x, [left, right, top, bottom])
+            y = F.conv2d(x, w, b, step.stride, [top, left] if (top, left) == (bottom, right) else 0, step.dilation,
+                         w.shape[0] if step.kind == "depthwise" else 1)
+        y = _apply(y, step.act1)
+        if residual is not None:
+            y = y + residual
+        return _apply(y, step.act2)
+    return run
+
+
+def _apply(y, act):
+    kind, lo, hi = act
+    return {"none": lambda t: t, "relu": F.relu, "clamp": lambda t: F.hardtanh(t, lo, hi), "silu": F.silu,
+            "hardswish": F.hardswish, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+            "sigmoid": torch.sigmoid}[kind](y)
+
+
+# ---------------------------------------------------------------- module-level rewrite
+
+class NativeDepthwise(nn.Module):
+    """A depthwise nn.Conv2d (one filter per channel, zero padding) on the native kernel with
+    its weight transposed once. Inference only. Shapes: as the convolution."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        C = kernels.load()
+        self.register_buffer("weight_hwc", C.weight_hwc(conv.weight.detach()))
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float())
+        ph, pw = conv._reversed_padding_repeated_twice[2], conv._reversed_padding_repeated_twice[0]
+        self.args = (list(conv.stride), [ph, conv._reversed_padding_repeated_twice[3], pw,
+                                         conv._reversed_padding_repeated_twice[1]], list(conv.dilation))
+
+    def forward(self, x):
+        return kernels.load().depthwise_hwc(x, self.weight_hwc, self.bias, *self.args, "none", 0.0, 0.0)
+
+
+class NativeGemm(nn.Module):
+    """A 1x1 nn.Conv2d or nn.Linear on the native GEMM with its weight packed once. Inference
+    only. Shapes: as the layer."""
+
+    def __init__(self, layer, dtype):
+        super().__init__()
+        C = kernels.load()
+        w = layer.weight.detach()
+        self.n, self.conv = w.shape[0], isinstance(layer, nn.Conv2d)
+        self.register_buffer("packed", C.gemm_pack(w.reshape(self.n, -1), dtype == torch.bfloat16))
+        self.register_buffer("bias", None if layer.bias is None else C.gemm_bias(layer.bias.detach()))
+
+    def forward(self, x):
+        return kernels.load().gemm(x, self.packed, self.n, self.bias, None, self.conv, "none", 0.0, 0.0, "none", 0.0, 0.0)
+
+
+def _module_rewrite(model, dtype, why) -> tuple[nn.Module, OptimizationReport]:
+    from .surgery import fold_batchnorm
+
+    report = OptimizationReport(str(dtype).replace("torch.", ""), f"not captured ({why}); module-level rewrite")
+    folded, fold_report = fold_batchnorm(model)
+    report.folded_batchnorms = len(fold_report.layers)
+    report.notes.append("batch norms are folded only where they follow a convolution inside nn.Sequential or a "
+                        "sepconv block, and nothing is fused: capture the model with torch.export for more")
+    new = copy.deepcopy(folded).eval().to(dtype=dtype, memory_format=torch.channels_last)
+    native = kernels.is_available()
+    gemm_ok = native and (dtype == torch.float32 or kernels.load().gemm_bf16_supported())
+    for parent_name, parent in list(new.named_modules()):
+        for name, child in list(parent.named_children()):
+            full = f"{parent_name}.{name}" if parent_name else name
+            row = {"layer": full, "op": type(child).__name__}
+            if isinstance(child, nn.Conv2d):
+                k, s, g = child.kernel_size, child.stride, child.groups
+                row["op"] = f"conv {k[0]}x{k[1]}/s{s[0]}" + (f" groups={g}" if g > 1 else "")
+                if (native and g == child.in_channels == child.out_channels and g > 1
+                        and child.padding_mode == "zeros"):
+                    setattr(parent, name, NativeDepthwise(child))
+                    row["became"] = "native depthwise"
+                elif gemm_ok and k == (1, 1) and s == (1, 1) and g == 1 and child.padding in ((0, 0), "valid"):
+                    setattr(parent, name, NativeGemm(child, dtype))
+                    row["became"] = "native GEMM (weight packed)"
+                else:
+                    row["became"] = "ATen convolution"
+                report.rows.append(row)
+            elif isinstance(child, nn.Linear):
+                if gemm_ok:
+                    setattr(parent, name, NativeGemm(child, dtype))
+                    row["became"] = "native GEMM (weight packed)"
+                else:
+                    row["became"] = "ATen linear"
+                report.rows.append(row)
+    for p in new.parameters():
+        p.requires_grad_(False)
+    return new, report
+
+
+# ---------------------------------------------------------------- entry point
+
+def optimize_for_inference(model: nn.Module, example_input, dtype: torch.dtype = torch.float32, *,
+                           example_kwargs: dict | None = None, tune: bool = True,
+                           measure: bool = False) -> OptimizedModel:
+    """An inference copy of `model` on sepconv's kernels, for CPU.
 
     Args:
-        dtype: compute dtype, ``torch.float32`` or ``torch.bfloat16``. bfloat16 stores
-            weights and activations in bfloat16 and accumulates in float32 (oneDNN's
-            AVX512-BF16/AMX GEMMs, the native depthwise kernel); the output is returned in the
-            input's dtype. Its accuracy cost is measured in ``sepconv bench model`` and the demo.
+        model: any nn.Module (put in eval mode for the copy; the model itself is not changed).
+        example_input: a tensor, or a tuple of positional arguments, as the model takes them.
+        dtype: ``torch.float32`` or ``torch.bfloat16`` (weights and activations in bfloat16,
+            float32 accumulation; AVX512-BF16 dot products where the CPU has them, ATen's
+            oneDNN otherwise). Outputs come back in the input's dtype.
+        example_kwargs: keyword arguments of the example call.
+        tune: time each native GEMM against ATen's convolution/linear on its real input and
+            keep the faster (a few seconds; False keeps the native kernels).
+        measure: also time the eager model and the optimized one (in the report).
+
+    Returns:
+        An :class:`OptimizedModel`, called like `model`; its ``report`` says what each layer
+        became and why some stayed ATen. ``save(model, path)`` / ``load(path)`` keep it.
 
     Example:
         >>> from sepconv.models import create_model
-        >>> m = create_model("mobilenet_v1_small").eval()
-        >>> fast = optimize_for_inference(m, torch.randn(1, 1, 8, 8))
+        >>> m = create_model("mobilenet_v1_small", alpha=0.25).eval()
+        >>> fast = optimize_for_inference(m, torch.randn(1, 1, 8, 8), tune=False)
         >>> fast(torch.randn(1, 1, 8, 8)).shape
         torch.Size([1, 10])
-        >>> optimize_for_inference(m, torch.randn(1, 1, 8, 8), dtype=torch.bfloat16)(torch.randn(1, 1, 8, 8)).dtype
-        torch.float32
+        >>> fast.report.folded_batchnorms
+        11
     """
-    if dtype not in (torch.float32, torch.bfloat16):
+    if dtype not in _DTYPES:
         fail("optimize_for_inference", "`dtype` must be torch.float32 or torch.bfloat16.", f"dtype={dtype!r}")
-    folded, _ = fold_batchnorm(model)
-    folded = copy.deepcopy(folded).eval()
-    _fuse(folded)
-    for p in folded.parameters():
-        p.requires_grad_(False)
-    folded = folded.to(dtype=dtype, memory_format=torch.channels_last)
-    wrapped = InferenceModel(folded, dtype).eval()
-    wrapped(example_input)  # tune every depthwise shape once, outside the timed path
-    wrapped.pointwise_choices = _choose_pointwise(folded, example_input.to(dtype))
-    _lean_blocks(folded)
-    return wrapped
+    if not isinstance(model, nn.Module):
+        fail("optimize_for_inference", "`model` must be an nn.Module.", f"type {type(model).__name__}", TypeError)
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    kwargs = dict(example_kwargs or {})
+    leaves, _ = _leaves(args, kwargs)
+    if not any(isinstance(x, torch.Tensor) for x in leaves):
+        fail("optimize_for_inference", "`example_input` must contain a tensor.", f"{type(example_input).__name__}",
+             TypeError)
+    source = copy.deepcopy(model).eval().float()
+    with torch.no_grad():
+        try:
+            want = source(*args, **kwargs)
+        except Exception as e:
+            fail("optimize_for_inference", "the model must run on `example_input`.",
+                 f"{type(e).__name__}: {next(iter(str(e).splitlines()), '')}")
+    registered = _register_dataclasses((args, kwargs, want))
+    optimized = OptimizedModel(source, dtype, tune)
+    got = optimized(*args, **kwargs)
+    report = optimized.report
+    report.notes += [f"registered the dataclass {name} with torch.export so that it could be captured"
+                     for name in registered]
+    _compare(report, source, args, kwargs, want, got)
+    if measure:
+        from ..timing import median_seconds
+
+        with torch.inference_mode():
+            report.latency_ms_eager = median_seconds(lambda: source(*args, **kwargs), runs=20) * 1e3
+            report.latency_ms_optimized = median_seconds(lambda: optimized(*args, **kwargs), runs=20) * 1e3
+    return optimized
+
+
+def _register_dataclasses(tree) -> list[str]:
+    """Register the dataclasses found in `tree` (and inside them) with torch.export, as its
+    documentation asks users to, so that a model returning one can be captured. Returns their
+    names."""
+    names = []
+    while True:
+        found = [type(leaf) for leaf in pytree.tree_leaves(tree)
+                 if dataclasses.is_dataclass(leaf) and not isinstance(leaf, type)]
+        if not found:
+            return names
+        for cls in dict.fromkeys(found):
+            torch.export.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
+            names.append(cls.__qualname__)
+
+
+def _compare(report, source, args, kwargs, want, got) -> None:
+    """Max abs difference to the eager float32 outputs, and the largest difference to the
+    float64 outputs relative to their largest value."""
+    def floats(tree):
+        return [x for x in pytree.tree_flatten(tree)[0] if isinstance(x, torch.Tensor) and x.is_floating_point()]
+
+    to64 = lambda t: pytree.tree_map(lambda x: x.double() if isinstance(x, torch.Tensor) and x.is_floating_point()
+                                     else x, t)
+    pairs = [(w, g) for w, g in zip(floats(want), floats(got)) if w.numel()]
+    if not pairs:
+        return
+    report.max_abs_diff = max((w.float() - g.float()).abs().max().item() for w, g in pairs)
+    with torch.no_grad():
+        want64 = floats(copy.deepcopy(source).double()(*to64(args), **to64(kwargs)))
+    report.rel_diff_vs_float64 = max(((g.double() - w).abs().max() / w.abs().max().clamp_min(1e-30)).item()
+                                     for w, (_, g) in zip(want64, pairs))

@@ -454,6 +454,28 @@ at::Tensor gemm_pack(const at::Tensor& weight, bool bf16) {
   return out;
 }
 
+// The (N, K) float32 weight a packed tensor holds (bfloat16-rounded for a bfloat16 one): what
+// an optimized model saves, so that another machine can pack it for its own kernel set.
+at::Tensor gemm_unpack(const at::Tensor& packed, int64_t N, int64_t K) {
+  const int64_t nr = kernels().gemm_nr, panels = (N + nr - 1) / nr;
+  auto w = at::empty({N, K}, packed.options().dtype(at::kFloat));
+  float* o = w.data_ptr<float>();
+  if (packed.scalar_type() == at::kBFloat16) {
+    TORCH_CHECK(packed.numel() == panels * ((K + 1) / 2) * 2 * nr, "gemm_unpack: size mismatch");
+    const c10::BFloat16* p = packed.data_ptr<c10::BFloat16>();
+    const int64_t pairs = (K + 1) / 2;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k)
+        o[n * K + k] = static_cast<float>(p[(((n / nr) * pairs + k / 2) * nr + n % nr) * 2 + k % 2]);
+  } else {
+    TORCH_CHECK(packed.numel() == panels * K * nr, "gemm_unpack: size mismatch");
+    const float* p = packed.data_ptr<float>();
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) o[n * K + k] = p[((n / nr) * K + k) * nr + n % nr];
+  }
+  return w;
+}
+
 // Bias as float32 padded to whole panels (the GEMM reads whole panels of it).
 at::Tensor gemm_bias(const at::Tensor& bias) {
   const int64_t N = bias.numel(), nr = kernels().gemm_nr;
@@ -505,6 +527,80 @@ at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& packed, int64_t N, con
     ks.gemm_f32(g, packed.data_ptr());
   }
   return y;
+}
+
+// A dense convolution (groups 1) as im2col + the native GEMM: x (B, C, H, W) is gathered into
+// rows of kh * kw * C values (kernel row, column, channel; zero outside the padded input),
+// which `packed` (from gemm_pack of the weight permuted to (N, kh, kw, C)) multiplies. `pad` is
+// (top, bottom, left, right). The epilogue is gemm's. y is (B, N, OH, OW) channels_last.
+at::Tensor conv_gemm(const at::Tensor& x_in, const at::Tensor& packed, int64_t N, const c10::optional<at::Tensor>& bias,
+                     const c10::optional<at::Tensor>& residual, std::vector<int64_t> kernel,
+                     std::vector<int64_t> stride, std::vector<int64_t> pad, std::vector<int64_t> dilation,
+                     const std::string& act1, double lo1, double hi1, const std::string& act2, double lo2, double hi2) {
+  RECORD_FUNCTION("sepconv::conv_gemm", c10::ArrayRef<const c10::IValue>{});
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(pad.size() == 4 && kernel.size() == 2, "sepconv conv_gemm: kernel is (kh, kw), pad (top, bottom, left, right)");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), kh = kernel[0], kw = kernel[1];
+  const int64_t OH = (H + pad[0] + pad[1] - dilation[0] * (kh - 1) - 1) / stride[0] + 1;
+  const int64_t OW = (W + pad[2] + pad[3] - dilation[1] * (kw - 1) - 1) / stride[1] + 1;
+  TORCH_CHECK(OH > 0 && OW > 0, "sepconv conv_gemm: the output would be empty");
+  const int64_t K = kh * kw * C;
+  auto rows = at::empty({B, OH, OW, K}, x.options());
+  // (element loops, not memcpy: a 3-channel stem copies 12-36 bytes at a time, where a call
+  // per copy cost more than the GEMM)
+  auto gather = [&](auto* dst, const auto* src) {
+    at::parallel_for(0, B * OH, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / OH, oh = r % OH;
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          auto* out = dst + (r * OW + ow) * K;
+          for (int64_t i = 0; i < kh; ++i) {
+            const int64_t ih = oh * stride[0] - pad[0] + i * dilation[0];
+            for (int64_t j = 0; j < kw; ++j, out += C) {
+              const int64_t iw = ow * stride[1] - pad[2] + j * dilation[1];
+              if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+                for (int64_t c = 0; c < C; ++c) out[c] = {};
+              } else {
+                const auto* in = src + ((n * H + ih) * W + iw) * C;
+                for (int64_t c = 0; c < C; ++c) out[c] = in[c];
+              }
+            }
+          }
+        }
+      }
+    });
+  };
+  if (x.scalar_type() == at::kBFloat16)
+    gather(reinterpret_cast<uint16_t*>(rows.data_ptr()), reinterpret_cast<const uint16_t*>(x.data_ptr()));
+  else
+    gather(rows.data_ptr<float>(), x.data_ptr<float>());
+  c10::optional<at::Tensor> r;   // a channels_last (B, N, OH, OW) residual is (B, OH, OW, N) rows
+  if (residual.has_value()) r = residual->contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1});
+  const at::Tensor y = gemm(rows, packed, N, bias, r, false, act1, lo1, hi1, act2, lo2, hi2);
+  return y.permute({0, 3, 1, 2});   // (B, N, OH, OW) view of the (B, OH, OW, N) rows: channels_last
+}
+
+// Global average pooling of (B, C, H, W) to (B, C, 1, 1) (`keepdim`) or (B, C), summed in
+// float32 over channels_last rows. (ATen's adaptive pooling of a channels_last 1024 x 7 x 7
+// tensor took 0.19 ms here.)
+at::Tensor global_avg_pool(const at::Tensor& x_in, bool keepdim) {
+  RECORD_FUNCTION("sepconv::global_avg_pool", c10::ArrayRef<const c10::IValue>{});
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  auto acc = at::zeros({B, C}, x.options().dtype(at::kFloat));
+  float* a = acc.data_ptr<float>();
+  auto sum = [&](auto* p) {
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t q = 0; q < P; ++q)
+          for (int64_t c = 0; c < C; ++c) a[b * C + c] += static_cast<float>(p[(b * P + q) * C + c]);
+    });
+  };
+  if (x.scalar_type() == at::kBFloat16) sum(x.data_ptr<c10::BFloat16>());
+  else sum(x.data_ptr<float>());
+  acc.div_(static_cast<double>(P));
+  at::Tensor y = acc.to(x.scalar_type());
+  return keepdim ? y.view({B, C, 1, 1}) : y;
 }
 
 // Inference depthwise convolution with a pre-transposed float32 (kh, kw, C) weight (weight_hwc)
@@ -582,8 +678,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "mode, tracer or compiler needs to see the op");
   m.def("gemm_pack", &sepconv::gemm_pack, "pack a (N, K) weight for gemm (float32, or bfloat16 with bf16=True)",
         pybind11::arg("weight"), pybind11::arg("bf16") = false);
+  m.def("gemm_unpack", &sepconv::gemm_unpack, "the (N, K) float32 weight of a gemm_pack result");
   m.def("gemm_bias", &sepconv::gemm_bias, "a bias as float32 padded to whole GEMM panels");
   m.def("gemm", &sepconv::gemm, "y = act2(act1(x . W^T + bias) + residual) with W packed by gemm_pack");
+  m.def("conv_gemm", &sepconv::conv_gemm, "a dense convolution as im2col + gemm (weight packed as (N, kh, kw, C))");
+  m.def("global_avg_pool", &sepconv::global_avg_pool, "mean over H and W of a channels_last tensor");
   m.def("depthwise_hwc", &sepconv::depthwise_hwc,
         "inference depthwise with a (kh, kw, C) float32 weight and (top, bottom, left, right) padding");
   m.def("gemm_bf16_supported", [] { return sepconv::kernels().gemm_bf16 != nullptr; },

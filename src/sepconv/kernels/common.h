@@ -19,7 +19,10 @@ typedef float vf_mem __attribute__((vector_size(VL * sizeof(float)), aligned(4),
 typedef uint16_t vh_mem __attribute__((vector_size(VL * sizeof(uint16_t)), aligned(2), may_alias));
 inline vf loadf(const float* p) { return *reinterpret_cast<const vf_mem*>(p); }
 inline void storef(float* p, vf v) { *reinterpret_cast<vf_mem*>(p) = v; }
-inline vf splat(float a) { return vf{} + a; }
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
+// A broadcast. (Not vf{} + a: without -ffast-math x + 0 is not x for x = -0, so that costs an
+// addition; nor a loop over lanes, which compiles to one masked insert per lane.)
+inline __attribute__((always_inline)) vf splat(float a) { return __builtin_shuffle(vf{a}, vi{}); }
 
 template <typename T> struct IO;
 template <> struct IO<float> {
@@ -134,7 +137,6 @@ inline void interior(const Geometry& g, int& lo, int& hi) {
 // exp(x) for float32 lanes: x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-6 polynomial
 // (relative error about 1 ulp), 2^n built in the exponent bits; 0 below -87.3, inf above
 // 88.4, NaN kept.
-typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
 inline vf vexp(vf x) {
   const vf hi = splat(88.3762626647949f), lo = splat(-87.3365447505531f);
   const vf xc = x > hi ? hi : (x < lo ? lo : x);

@@ -65,21 +65,33 @@ void gemm_copy_a(const T* a, int64_t lda, int64_t M, int64_t K, T* out) {
 }
 
 // One MR x NR tile over the whole K: MR rows of A (at `a`: row stride lda, or k-major if
-// PACKED), one panel of B, written at row m, columns [n0, n0 + ncols).
+// PACKED), one panel of B, written at row m, columns [n0, n0 + ncols). Unpacked rows are read
+// through one pointer per three rows and the stride: row 3q + r at base[q] + r * lda, which
+// x86 addresses as (base, stride, scale 4 or 8), so that 14 rows need 5 pointers and one
+// stride register instead of 14 pointers (which spilled, and the loads waited on reloads).
 template <typename T, int MR, bool PACKED>
 void gemm_tile(const GemmArgs& g, const T* a, const float* panel, int64_t m, int64_t n0, int ncols) {
+  constexpr int Q = (MR + 2) / 3;
   vf acc0[MR], acc1[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = vf{};
+  const T* base[Q];
+#pragma GCC unroll 6
+  for (int q = 0; q < Q; ++q) base[q] = PACKED ? a : a + 3 * q * g.lda;
+  const int64_t lda = g.lda;
+  const float* bp = panel;
 #pragma GCC unroll 2
   for (int64_t k = 0; k < g.K; ++k) {
-    const vf b0 = loadf(panel + k * GEMM_NR), b1 = loadf(panel + k * GEMM_NR + VL);
+    const vf b0 = loadf(bp), b1 = loadf(bp + VL);
+    bp += GEMM_NR;
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const vf av = splat(IO<T>::get(PACKED ? a + k * MR + i : a + i * g.lda + k));
+      const vf av = splat(IO<T>::get(PACKED ? base[0] + i : base[i / 3] + (i % 3) * lda));
       acc0[i] += av * b0;
       acc1[i] += av * b1;
     }
+#pragma GCC unroll 6
+    for (int q = 0; q < Q; ++q) base[q] += PACKED ? MR : 1;
   }
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) gemm_store_row<T>(acc0[i], acc1[i], g, m + i, n0, ncols);
@@ -164,34 +176,38 @@ void gemm_pack_bf16(const float* w, int64_t N, int64_t K, void* out) {
         }
 }
 
-// MR rows of A as bfloat16 pairs (32 bits each): row i's pair kp at rows16 + i * lda + 2 * kp,
-// or k-major (a32[kp * MR + i]) if PACKED.
+// MR rows of A as bfloat16 pairs (32 bits each): row i's pair kp at rows16 + i * lda + 2 * kp
+// (read, as in gemm_tile, through one pointer per three rows), or k-major (a32[kp * MR + i])
+// if PACKED.
 template <int MR, bool PACKED>
 SEPCONV_BF16_TARGET void gemm_tile_bf16(const GemmArgs& g, const void* a, const uint16_t* panel, int64_t m,
                                         int64_t n0, int ncols) {
-  const uint16_t* rows16 = static_cast<const uint16_t*>(a);
-  const uint32_t* a32 = static_cast<const uint32_t*>(a);
-  const int64_t full = g.K / 2;
+  constexpr int Q = (MR + 2) / 3;
+  const int64_t full = g.K / 2, lda = g.lda;
   __m512 acc0[MR], acc1[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+  const uint16_t* base[Q];
+#pragma GCC unroll 6
+  for (int q = 0; q < Q; ++q) base[q] = static_cast<const uint16_t*>(a) + (PACKED ? 0 : 3 * q * lda);
+  const uint16_t* bp = panel;
 #pragma GCC unroll 2
   for (int64_t kp = 0; kp < full; ++kp) {
-    const __m512i b0 = _mm512_loadu_si512(panel + kp * 2 * GEMM_NR);
-    const __m512i b1 = _mm512_loadu_si512(panel + kp * 2 * GEMM_NR + GEMM_NR);
+    const __m512i b0 = _mm512_loadu_si512(bp), b1 = _mm512_loadu_si512(bp + GEMM_NR);
+    bp += 2 * GEMM_NR;
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       uint32_t pair;
-      if (PACKED) pair = a32[kp * MR + i];
-      else std::memcpy(&pair, rows16 + i * g.lda + 2 * kp, 4);
+      std::memcpy(&pair, PACKED ? base[0] + 2 * i : base[i / 3] + (i % 3) * lda, 4);
       const __m512i av = _mm512_set1_epi32((int)pair);
       acc0[i] = _mm512_dpbf16_ps(acc0[i], (__m512bh)av, (__m512bh)b0);
       acc1[i] = _mm512_dpbf16_ps(acc1[i], (__m512bh)av, (__m512bh)b1);
     }
+#pragma GCC unroll 6
+    for (int q = 0; q < Q; ++q) base[q] += PACKED ? 2 * MR : 2;
   }
   if (g.K % 2) {   // the last k alone: its pair's second half is zero in A and in B
-    const __m512i b0 = _mm512_loadu_si512(panel + full * 2 * GEMM_NR);
-    const __m512i b1 = _mm512_loadu_si512(panel + full * 2 * GEMM_NR + GEMM_NR);
+    const __m512i b0 = _mm512_loadu_si512(bp), b1 = _mm512_loadu_si512(bp + GEMM_NR);
     const uint16_t* src = static_cast<const uint16_t*>(g.a) + m * g.lda;
     for (int i = 0; i < MR; ++i) {
       const __m512i av = _mm512_set1_epi32((int)src[i * g.lda + g.K - 1]);
@@ -208,7 +224,7 @@ SEPCONV_BF16_TARGET void gemm_unit_bf16(const GemmArgs& g, const void* a, const 
                                         int64_t m1, int64_t p0, int64_t p1) {
   const int64_t panel_halves = (g.K + 1) / 2 * 2 * GEMM_NR;
   for (int64_t m = m0; m < m1; m += GEMM_MR) {
-    const void* rows = PACKED ? static_cast<const void*>(static_cast<const uint32_t*>(a) + m * (g.K / 2))
+    const void* rows = PACKED ? static_cast<const void*>(static_cast<const uint16_t*>(a) + m * g.K)
                               : static_cast<const void*>(static_cast<const uint16_t*>(a) + m * g.lda);
     for (int64_t p = p0; p < p1; ++p) {
       const uint16_t* panel = packed + p * panel_halves;
