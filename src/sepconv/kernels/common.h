@@ -192,10 +192,12 @@ inline vf act_general(vf x, Act a) {
 
 __attribute__((noinline)) inline vf act_out_of_line(vf x, Act a) { return act_general(x, a); }
 
-// An activation on one vector: ReLU inline, the others out of line (epilogues of GEMM tiles).
+// An activation on one vector: ReLU and clamp inline, the others out of line (epilogues of
+// GEMM tiles; a call per vector for ReLU6 made a 16 -> 96 channel 1x1 convolution 5x slower).
 inline __attribute__((always_inline)) vf activate(vf x, const Act& a) {
   if (a.kind == ACT_NONE) return x;
   if (a.kind == ACT_RELU) return x < 0 ? vf{} : x;
+  if (a.kind == ACT_CLAMP) return x < a.lo ? splat(a.lo) : (x > a.hi ? splat(a.hi) : x);
   return act_out_of_line(x, a);
 }
 
