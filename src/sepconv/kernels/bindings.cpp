@@ -529,6 +529,63 @@ at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& packed, int64_t N, con
   return y;
 }
 
+// im2col by runs: row (n, oh, ow) of the result is the concatenation, over `runs` (kernel row i,
+// kernel column j, channels [c0, c1)), of input pixel (oh * stride - pad + i * dilation, ...)'s
+// channels c0..c1 (zero outside the input). x is channels_last (B, C, H, W); the result is
+// (B, OH, OW, K) with K the runs' total width. A dense convolution takes every tap's channels
+// [0, C) in kernel order; a versatile layer orders them by channel segment and ring.
+at::Tensor im2col_runs(const at::Tensor& x, const std::vector<int64_t>& runs, const std::vector<int64_t>& stride,
+                       const std::vector<int64_t>& pad, const std::vector<int64_t>& dilation, int64_t OH, int64_t OW) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), R = (int64_t)runs.size() / 4;
+  int64_t K = 0;
+  for (int64_t q = 0; q < R; ++q) {
+    TORCH_CHECK(0 <= runs[4 * q + 2] && runs[4 * q + 2] <= runs[4 * q + 3] && runs[4 * q + 3] <= C,
+                "sepconv im2col: a run's channels lie outside the input's");
+    K += runs[4 * q + 3] - runs[4 * q + 2];
+  }
+  auto rows = at::empty({B, OH, OW, K}, x.options());
+  // (element loops, not memcpy: a 3-channel stem copies 12-36 bytes at a time, where a call
+  // per copy cost more than the GEMM)
+  auto gather = [&](auto* dst, const auto* src) {
+    at::parallel_for(0, B * OH, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / OH, oh = r % OH;
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          auto* out = dst + (r * OW + ow) * K;
+          for (int64_t q = 0; q < R; ++q) {
+            const int64_t ih = oh * stride[0] - pad[0] + runs[4 * q] * dilation[0];
+            const int64_t iw = ow * stride[1] - pad[2] + runs[4 * q + 1] * dilation[1];
+            const int64_t c0 = runs[4 * q + 2], width = runs[4 * q + 3] - c0;
+            if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+              for (int64_t c = 0; c < width; ++c) out[c] = {};
+            } else {
+              const auto* in = src + ((n * H + ih) * W + iw) * C + c0;
+              for (int64_t c = 0; c < width; ++c) out[c] = in[c];
+            }
+            out += width;
+          }
+        }
+      }
+    });
+  };
+  if (x.scalar_type() == at::kBFloat16)
+    gather(reinterpret_cast<uint16_t*>(rows.data_ptr()), reinterpret_cast<const uint16_t*>(x.data_ptr()));
+  else
+    gather(rows.data_ptr<float>(), x.data_ptr<float>());
+  return rows;
+}
+
+static std::pair<int64_t, int64_t> conv_out_size(const at::Tensor& x, int64_t kh, int64_t kw,
+                                                 const std::vector<int64_t>& stride, const std::vector<int64_t>& pad,
+                                                 const std::vector<int64_t>& dilation, const char* who) {
+  TORCH_CHECK(x.dim() == 4 && pad.size() == 4 && stride.size() == 2 && dilation.size() == 2,
+              who, ": x is (B, C, H, W), pad (top, bottom, left, right), stride and dilation pairs");
+  const int64_t OH = (x.size(2) + pad[0] + pad[1] - dilation[0] * (kh - 1) - 1) / stride[0] + 1;
+  const int64_t OW = (x.size(3) + pad[2] + pad[3] - dilation[1] * (kw - 1) - 1) / stride[1] + 1;
+  TORCH_CHECK(OH > 0 && OW > 0, who, ": the output would be empty");
+  return {OH, OW};
+}
+
 // A dense convolution (groups 1) as im2col + the native GEMM: x (B, C, H, W) is gathered into
 // rows of kh * kw * C values (kernel row, column, channel; zero outside the padded input),
 // which `packed` (from gemm_pack of the weight permuted to (N, kh, kw, C)) multiplies. `pad` is
@@ -539,45 +596,63 @@ at::Tensor conv_gemm(const at::Tensor& x_in, const at::Tensor& packed, int64_t N
                      const std::string& act1, double lo1, double hi1, const std::string& act2, double lo2, double hi2) {
   RECORD_FUNCTION("sepconv::conv_gemm", c10::ArrayRef<const c10::IValue>{});
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
-  TORCH_CHECK(pad.size() == 4 && kernel.size() == 2, "sepconv conv_gemm: kernel is (kh, kw), pad (top, bottom, left, right)");
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), kh = kernel[0], kw = kernel[1];
-  const int64_t OH = (H + pad[0] + pad[1] - dilation[0] * (kh - 1) - 1) / stride[0] + 1;
-  const int64_t OW = (W + pad[2] + pad[3] - dilation[1] * (kw - 1) - 1) / stride[1] + 1;
-  TORCH_CHECK(OH > 0 && OW > 0, "sepconv conv_gemm: the output would be empty");
-  const int64_t K = kh * kw * C;
-  auto rows = at::empty({B, OH, OW, K}, x.options());
-  // (element loops, not memcpy: a 3-channel stem copies 12-36 bytes at a time, where a call
-  // per copy cost more than the GEMM)
-  auto gather = [&](auto* dst, const auto* src) {
-    at::parallel_for(0, B * OH, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t n = r / OH, oh = r % OH;
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          auto* out = dst + (r * OW + ow) * K;
-          for (int64_t i = 0; i < kh; ++i) {
-            const int64_t ih = oh * stride[0] - pad[0] + i * dilation[0];
-            for (int64_t j = 0; j < kw; ++j, out += C) {
-              const int64_t iw = ow * stride[1] - pad[2] + j * dilation[1];
-              if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
-                for (int64_t c = 0; c < C; ++c) out[c] = {};
-              } else {
-                const auto* in = src + ((n * H + ih) * W + iw) * C;
-                for (int64_t c = 0; c < C; ++c) out[c] = in[c];
-              }
-            }
-          }
-        }
-      }
-    });
-  };
-  if (x.scalar_type() == at::kBFloat16)
-    gather(reinterpret_cast<uint16_t*>(rows.data_ptr()), reinterpret_cast<const uint16_t*>(x.data_ptr()));
-  else
-    gather(rows.data_ptr<float>(), x.data_ptr<float>());
+  TORCH_CHECK(kernel.size() == 2, "sepconv conv_gemm: kernel is (kh, kw)");
+  const auto [OH, OW] = conv_out_size(x, kernel[0], kernel[1], stride, pad, dilation, "sepconv conv_gemm");
+  std::vector<int64_t> runs;
+  for (int64_t i = 0; i < kernel[0]; ++i)
+    for (int64_t j = 0; j < kernel[1]; ++j) runs.insert(runs.end(), {i, j, 0, x.size(1)});
+  const at::Tensor rows = im2col_runs(x, runs, stride, pad, dilation, OH, OW);
   c10::optional<at::Tensor> r;   // a channels_last (B, N, OH, OW) residual is (B, OH, OW, N) rows
   if (residual.has_value()) r = residual->contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1});
   const at::Tensor y = gemm(rows, packed, N, bias, r, false, act1, lo1, hi1, act2, lo2, hi2);
   return y.permute({0, 3, 1, 2});   // (B, N, OH, OW) view of the (B, OH, OW, N) rows: channels_last
+}
+
+// A versatile convolution (functional/versatile.py) as im2col by `runs` + a program of GEMM
+// calls on the rows' column ranges: `packed` is gemm_pack of the primary filters (N, K) in the
+// runs' order, so a call on columns [k0, k0 + len) is one sub-filter over one channel segment.
+// `calls` holds 5 ints per call: k0, len, out_block, accum_block (-1: none), final. Block b is
+// output channels [b * N, (b + 1) * N); a final call adds its block's bias after its scale and
+// applies `act`. bias and scale are float32 (blocks * N, padded by one GEMM panel) or None.
+// y is (B, blocks * N, OH, OW) channels_last.
+at::Tensor versatile_gemm(const at::Tensor& x_in, const at::Tensor& packed, int64_t N, int64_t blocks,
+                          const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
+                          std::vector<int64_t> runs, std::vector<int64_t> calls, std::vector<int64_t> kernel,
+                          std::vector<int64_t> stride, std::vector<int64_t> pad, std::vector<int64_t> dilation,
+                          const std::string& act, double lo, double hi) {
+  RECORD_FUNCTION("sepconv::versatile_gemm", c10::ArrayRef<const c10::IValue>{});
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(x.scalar_type() == packed.scalar_type(), "sepconv versatile_gemm: input dtype ", x.scalar_type(),
+              " differs from the packed weight's ", packed.scalar_type());
+  TORCH_CHECK(runs.size() % 4 == 0 && calls.size() % 5 == 0 && kernel.size() == 2,
+              "sepconv versatile_gemm: runs hold 4 ints each, calls 5, kernel is (kh, kw)");
+  const auto [OH, OW] = conv_out_size(x, kernel[0], kernel[1], stride, pad, dilation, "sepconv versatile_gemm");
+  const at::Tensor rows = im2col_runs(x, runs, stride, pad, dilation, OH, OW);
+  const int64_t K = rows.size(3), M = rows.numel() / std::max<int64_t>(K, 1), ld = blocks * N;
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  const auto& ks = kernels();
+  TORCH_CHECK(!bf16 || ks.gemm_bf16, "sepconv versatile_gemm: this CPU has no bfloat16 dot products (AVX512-BF16)");
+  for (const auto* t : {bias.has_value() ? &*bias : nullptr, scale.has_value() ? &*scale : nullptr})
+    TORCH_CHECK(!t || (t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() >= ld + ks.gemm_nr),
+                "sepconv versatile_gemm: bias and scale are float32 with blocks * N + gemm_nr values");
+  auto y = at::empty({x.size(0), OH, OW, ld}, x.options());
+  const int64_t item = x.element_size();
+  for (size_t q = 0; q < calls.size(); q += 5) {
+    const int64_t k0 = calls[q], len = calls[q + 1], out = calls[q + 2], acc = calls[q + 3];
+    const bool final = calls[q + 4] != 0;
+    TORCH_CHECK(0 <= k0 && k0 + len <= K && 0 <= out && out < blocks && acc < blocks && (!bf16 || k0 % 2 == 0),
+                "sepconv versatile_gemm: a call lies outside the rows or blocks (bfloat16: k0 even)");
+    GemmArgs g{M, N, len, static_cast<const char*>(rows.data_ptr()) + k0 * item, K,
+               static_cast<char*>(y.data_ptr()) + out * N * item, ld, nullptr, nullptr, 0,
+               final ? parse_act(act, lo, hi) : Act{}, Act{}};
+    if (acc >= 0) g.accum = static_cast<const char*>(y.data_ptr()) + acc * N * item, g.ldacc = ld;
+    if (final && bias.has_value()) g.bias = bias->data_ptr<float>() + out * N;
+    if (final && scale.has_value()) g.scale = scale->data_ptr<float>() + out * N;
+    g.ldb = K;
+    const void* b = static_cast<const char*>(packed.data_ptr()) + k0 * ks.gemm_nr * packed.element_size();
+    if (M) (bf16 ? ks.gemm_bf16 : ks.gemm_f32)(g, b);
+  }
+  return y.permute({0, 3, 1, 2});
 }
 
 // Global average pooling of (B, C, H, W) to (B, C, 1, 1) (`keepdim`) or (B, C), summed in
@@ -682,6 +757,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_bias", &sepconv::gemm_bias, "a bias as float32 padded to whole GEMM panels");
   m.def("gemm", &sepconv::gemm, "y = act2(act1(x . W^T + bias) + residual) with W packed by gemm_pack");
   m.def("conv_gemm", &sepconv::conv_gemm, "a dense convolution as im2col + gemm (weight packed as (N, kh, kw, C))");
+  m.def("versatile_gemm", &sepconv::versatile_gemm,
+        "a versatile convolution as im2col by runs + a program of GEMM calls (functional/versatile.py)");
   m.def("global_avg_pool", &sepconv::global_avg_pool, "mean over H and W of a channels_last tensor");
   m.def("depthwise_hwc", &sepconv::depthwise_hwc,
         "inference depthwise with a (kh, kw, C) float32 weight and (top, bottom, left, right) padding");

@@ -30,10 +30,16 @@ void gemm_pack_f32(const float* w, int64_t N, int64_t K, void* packed) {
 template <typename T>
 inline __attribute__((always_inline)) void gemm_store_row(vf c0, vf c1, const GemmArgs& g, int64_t m, int64_t n0,
                                                           int ncols) {
+  const int l0 = ncols >= VL ? VL : ncols, l1 = ncols >= 2 * VL ? VL : ncols - VL;
+  if (g.accum) {
+    const T* s = static_cast<const T*>(g.accum) + m * g.ldacc + n0;
+    c0 += load_lanes(s, l0);
+    if (l1 > 0) c1 += load_lanes(s + VL, l1);
+  }
+  if (g.scale) { c0 *= loadf(g.scale + n0); c1 *= loadf(g.scale + n0 + VL); }
   if (g.bias) { c0 += loadf(g.bias + n0); c1 += loadf(g.bias + n0 + VL); }
   c0 = activate(c0, g.act1);
   c1 = activate(c1, g.act1);
-  const int l0 = ncols >= VL ? VL : ncols, l1 = ncols >= 2 * VL ? VL : ncols - VL;
   if (g.residual) {
     const T* r = static_cast<const T*>(g.residual) + m * g.ldr + n0;
     c0 += load_lanes(r, l0);
@@ -104,7 +110,7 @@ void gemm_unit(const GemmArgs& g, const T* a, const float* packed, int64_t m0, i
   for (int64_t m = m0; m < m1; m += GEMM_MR) {
     const T* rows = PACKED ? a + m * g.K : a + m * g.lda;
     for (int64_t p = p0; p < p1; ++p) {
-      const float* panel = packed + p * g.K * GEMM_NR;
+      const float* panel = packed + p * (g.ldb ? g.ldb : g.K) * GEMM_NR;
       const int ncols = (int)std::min<int64_t>(GEMM_NR, g.N - p * GEMM_NR);
       switch (std::min<int64_t>(GEMM_MR, m1 - m)) {
 #define SEPCONV_TILE(r) case r: if constexpr (r <= GEMM_MR) gemm_tile<T, r, PACKED>(g, rows, panel, m, p * GEMM_NR, ncols); break;
@@ -222,7 +228,7 @@ SEPCONV_BF16_TARGET void gemm_tile_bf16(const GemmArgs& g, const void* a, const 
 template <bool PACKED>
 SEPCONV_BF16_TARGET void gemm_unit_bf16(const GemmArgs& g, const void* a, const uint16_t* packed, int64_t m0,
                                         int64_t m1, int64_t p0, int64_t p1) {
-  const int64_t panel_halves = (g.K + 1) / 2 * 2 * GEMM_NR;
+  const int64_t panel_halves = ((g.ldb ? g.ldb : g.K) + 1) / 2 * 2 * GEMM_NR;
   for (int64_t m = m0; m < m1; m += GEMM_MR) {
     const void* rows = PACKED ? static_cast<const void*>(static_cast<const uint16_t*>(a) + m * g.K)
                               : static_cast<const void*>(static_cast<const uint16_t*>(a) + m * g.lda);

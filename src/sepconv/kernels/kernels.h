@@ -35,8 +35,10 @@ using BackwardFn = void (*)(const void* x, const void* dy, const float* w, const
 // Winograd forward (3x3, stride 1, dilation 1): u the transformed filters as float32.
 using WinogradFn = void (*)(const void* x, const float* u, const float* b, void* y, const Geometry& g, const Act& act);
 
-// C (M x N) = act2(act1(A (M x K) . B + bias) + residual): a 1x1 convolution or linear layer on
-// channels_last rows, B packed once by the set's gemm_pack_* (layout private to the set).
+// C (M x N) = act2(act1((A (M x K) . B + accum) * scale + bias) + residual): a 1x1 convolution
+// or linear layer on channels_last rows, B packed once by the set's gemm_pack_* (layout private
+// to the set). accum and scale serve versatile filters (partial sums of channel segments, and a
+// batch norm that cannot be folded into weights its output channels share).
 struct GemmArgs {
   int64_t M, N, K;
   const void* a;
@@ -47,6 +49,10 @@ struct GemmArgs {
   const void* residual;    // M x N in C's dtype, or null
   int64_t ldr;
   Act act1, act2;          // act1 after the bias, act2 after the residual
+  const void* accum = nullptr;   // M x N in C's dtype added to A . B, or null
+  int64_t ldacc = 0;
+  const float* scale = nullptr;  // float32 per column like bias, or null
+  int64_t ldb = 0;               // K rows between B's panels, 0 for K (>K: rows [k0, k0 + K) of a larger B)
 };
 using GemmFn = void (*)(const GemmArgs& g, const void* packed);
 // w: (N, K) row-major float32 (a Linear or 1x1 convolution weight) -> the set's packed layout.
