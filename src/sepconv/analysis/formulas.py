@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from ..functional.versatile import versatile_op
+
 aten = torch.ops.aten
 
 FORMULAS: dict = {}
@@ -43,6 +45,16 @@ def conv_macs(x_shape, w_shape, out_shape, transposed=False) -> int:
 @register(aten.convolution.default, aten._convolution.default)
 def _conv(args, out):
     return conv_macs(_shape(args[0]), _shape(args[1]), _shape(out), bool(args[6]))
+
+
+@register(versatile_op())
+def _versatile(args, out):
+    # the layer whole (inference, traced): each channel segment's product once per nested
+    # sub-filter, P * C_in * (k^2 + (k-2)^2 + ... + 1) per output position, as its kernels compute
+    x, weight, spatial = args[0], args[1], args[7]
+    p, c, k, _ = weight.shape
+    taps = sum((k - 2 * j) ** 2 for j in range((k + 1) // 2)) if spatial else k * k
+    return out.shape[0] * out.shape[2] * out.shape[3] * p * c * taps
 
 
 @register(aten.convolution_backward.default)

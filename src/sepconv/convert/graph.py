@@ -27,6 +27,7 @@ import torch
 import torch.fx as fx
 
 from .. import kernels
+from ..functional.versatile import native_even, native_program, native_vector, native_weight, versatile_op
 from ..kernels.ops import Act
 
 aten = torch.ops.aten
@@ -81,9 +82,10 @@ def activation_of(node: fx.Node) -> Act | None:
 class Step:
     """A node that will run on a native kernel, with what was fused into it so far."""
 
-    kind: str                       # "depthwise", "gemm" (1x1 or linear) or "conv_gemm" (im2col + gemm)
-    weight: torch.Tensor            # float32: depthwise (C, 1, kh, kw); gemm (N, K); conv_gemm (N, C, kh, kw)
-    bias: torch.Tensor | None
+    kind: str                       # "depthwise", "gemm" (1x1 or linear), "conv_gemm" (im2col + gemm), "versatile"
+    weight: torch.Tensor            # float32: depthwise (C, 1, kh, kw); gemm (N, K); conv_gemm (N, C, kh, kw);
+    bias: torch.Tensor | None       # versatile (P, C, k, k) primary filters
+
     conv: bool = True               # gemm: a 1x1 convolution (channels at dim 1), else a linear layer
     stride: tuple = (1, 1)
     pad: tuple = (0, 0, 0, 0)       # depthwise, conv_gemm: top, bottom, left, right
@@ -92,6 +94,8 @@ class Step:
     act2: Act = Act()
     residual: bool = False          # the node's kwarg "residual" is added after act1
     row: dict = field(default_factory=dict)
+    versatile: tuple = ()           # versatile: (spatial, delta, g)
+    scale: torch.Tensor | None = None   # versatile: per output channel, before the bias (a batch norm)
 
     def add_act(self, act: Act) -> bool:
         if self.kind == "depthwise":
@@ -190,6 +194,7 @@ class Lowering:
     # ------------------------------------------------------------------ passes
     def run(self) -> fx.GraphModule:
         self.normalize()
+        self.fold_constants()
         self.fold_batchnorm()
         self.lower_layers()
         self.fuse()
@@ -212,6 +217,27 @@ class Lowering:
                 node.replace_all_uses_with(node.args[0])
                 self.graph.erase_node(node)
 
+    def fold_constants(self) -> None:
+        """Ops on constants alone (a versatile layer's cropped sub-filter weights, a transposed or
+        reshaped weight) computed once here: the layer passes then see plain constant weights."""
+        for node in list(self.graph.nodes):
+            if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+                continue
+            if torch.Tag.nondeterministic_seeded in node.target.tags:
+                continue
+            inputs = node.all_input_nodes
+            if not inputs or any(self.const(n) is None for n in inputs):
+                continue
+            args, kwargs = fx.node.map_arg((node.args, node.kwargs), self.const)
+            with torch.no_grad():
+                value = node.target(*args, **kwargs)
+            if not isinstance(value, torch.Tensor):
+                continue
+            new = self.add_const(value.contiguous(), node)
+            new.meta["val"] = node.meta.get("val")
+            node.replace_all_uses_with(new)
+            self.graph.erase_node(node)
+
     def fold_batchnorm(self) -> None:
         for bn in list(self.graph.nodes):
             if bn.op != "call_function" or bn.target is not aten._native_batch_norm_legit_no_training.default:
@@ -226,6 +252,13 @@ class Lowering:
             scale = (gamma.double() if gamma is not None else 1) / torch.sqrt(var.double() + eps)
             shift = (beta.double() if beta is not None else 0) - mean.double() * scale
             producer = x if isinstance(x, fx.Node) else None
+            if self._fold_into_versatile(producer, scale, shift):
+                for out in outs:
+                    out.replace_all_uses_with(producer)
+                    self.graph.erase_node(out)
+                self.graph.erase_node(bn)
+                self.folded_bn += 1
+                continue
             foldable = (producer is not None and producer.op == "call_function"
                         and producer.target in (aten.conv2d.default, aten.linear.default)
                         and len(producer.users) == 1 and self.const(producer.args[1]) is not None
@@ -259,6 +292,24 @@ class Lowering:
             self.rows.append({"layer": _module_path(bn), "op": "BatchNorm (not after a convolution)",
                               "became": "per-channel scale and shift (ATen)"})
 
+    def _fold_into_versatile(self, producer, scale, shift) -> bool:
+        """A batch norm after a versatile layer becomes its per-channel scale and bias (its
+        output channels share weights, so the scale cannot go into them)."""
+        if (producer is None or producer.target is not versatile_op() or len(producer.users) != 1
+                or self.const(producer.args[1]) is None):
+            return False
+        b_node, s_node = producer.args[2], producer.args[3]
+        bias, old = self.const(b_node), self.const(s_node)
+        if (b_node is not None and bias is None) or (s_node is not None and old is None):
+            return False
+        dtype = self.const(producer.args[1]).dtype
+        new_scale = ((old.double() if old is not None else 1) * scale).to(dtype)
+        new_bias = ((bias.double() * scale if bias is not None else 0) + shift).to(dtype)
+        args = list(producer.args)
+        args[2], args[3] = self.add_const(new_bias, producer), self.add_const(new_scale, producer)
+        producer.args = tuple(args)
+        return True
+
     @staticmethod
     def _is_global_pool(node) -> bool:
         """An average over the whole H and W of a 4-D tensor."""
@@ -284,6 +335,8 @@ class Lowering:
                 continue
             if node.target is aten.conv2d.default:
                 self._lower_conv(node, native_dtype)
+            elif node.target is versatile_op():
+                self._lower_versatile(node)
             elif self._native and self._is_global_pool(node):
                 keepdim = node.target is aten.adaptive_avg_pool2d.default or bool(
                     node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False))
@@ -331,6 +384,32 @@ class Lowering:
             return
         node.meta["step"] = Step("conv_gemm", w.float(), bias, stride=stride, dilation=dilation, row=row,
                                  pad=self._fold_pad(node, x, padding, row))
+
+    def _lower_versatile(self, node) -> None:
+        x, w_node, b_node, s_node, stride, padding, dilation, spatial, delta, g = node.args
+        w, b, scale = self.const(w_node), self.const(b_node), self.const(s_node)
+        p, c, k, _ = w.shape if w is not None else (0, 0, 0, 0)
+        subs = ((k + 1) // 2 if spatial else 1) * (delta // g + 1)
+        row = {"layer": _module_path(node), "op": f"versatile {k}x{k}/s{stride[0]} {c}->{p * subs} "
+                                                 f"({p} primary filters x {subs} sub-filters)"}
+        self.rows.append(row)
+        if w is None or (b_node is not None and b is None) or (s_node is not None and scale is None):
+            row["became"] = "ATen (weights computed in the graph)"
+            return
+        if not self._native:
+            row["became"] = "ATen (native kernels unavailable)"
+            return
+        if self.dtype == torch.bfloat16 and not (self._gemm_bf16 and native_even(c, k, spatial, delta, g)):
+            row["became"] = "ATen (bfloat16: " + ("this CPU has no bfloat16 dot products)" if not self._gemm_bf16
+                                                 else "a sub-filter starts at an odd column)")
+            return
+        if self.dtype not in (torch.float32, torch.bfloat16):
+            row["became"] = "ATen (dtype)"
+            return
+        node.meta["step"] = Step("versatile", w.float(), None if b is None else b.float(), stride=tuple(stride),
+                                 dilation=tuple(dilation), row=row, versatile=(spatial, delta, g),
+                                 scale=None if scale is None else scale.float(),
+                                 pad=self._fold_pad(node, x, tuple(padding), row))
 
     def _fold_pad(self, node, x, padding, row) -> tuple:
         """(top, bottom, left, right) of the convolution, an explicit zero pad just before it
@@ -385,7 +464,7 @@ class Lowering:
         if not isinstance(node, fx.Node) or len(node.users) != 1:
             return None, None
         step = node.meta.get("step")
-        if step is not None and step.kind != "depthwise":
+        if step is not None and step.kind not in ("depthwise", "versatile"):
             return node, None
         if node.target is aten.permute.default:
             src = node.args[0]
@@ -464,7 +543,12 @@ class Lowering:
                 continue
             x = node.args[0]
             fused = [_describe_act(a) for a in (step.act1, step.act2) if a.kind != "none"]
-            if step.kind == "depthwise":
+            if step.kind == "versatile":
+                new = self._materialize_versatile(node, step, x, bf16)
+                fused = (["batch norm"] if step.scale is not None else []) + fused
+                step.row["became"] = (f"native versatile im2col + {len(new.args[7]) // 5} GEMM calls (weights packed"
+                                      f"{', bfloat16' if bf16 else ''})" + (f", {' + '.join(fused)} fused" if fused else ""))
+            elif step.kind == "depthwise":
                 w = self.add_const(C.weight_hwc(step.weight), node)
                 b = None if step.bias is None else self.add_const(step.bias.float(), node)
                 new = self._call_before(node, C.depthwise_hwc, (x, w, b, list(step.stride), list(step.pad),
@@ -493,11 +577,24 @@ class Lowering:
                 step.row["became"] = "ATen " + ("linear" if step.kind == "gemm" and not step.conv else "convolution") + (
                     " (this CPU has no bfloat16 dot products)" if bf16 else " (native kernels unavailable)")
             new.meta["val"], new.meta["row"], new.meta["step"] = node.meta.get("val"), step.row, step
-            if step.kind != "depthwise":
+            if step.kind == "versatile":
+                new.meta["gemm_k"] = step.weight[0].numel()
+            elif step.kind != "depthwise":
                 w = step.weight
                 new.meta["gemm_k"] = w.shape[1] * (w.shape[2] * w.shape[3] if step.kind == "conv_gemm" else 1)
             node.replace_all_uses_with(new)
             self.graph.erase_node(node)
+
+    def _materialize_versatile(self, node, step, x, bf16) -> fx.Node:
+        C = kernels.load()
+        spatial, delta, g = step.versatile
+        p, c, k, _ = step.weight.shape
+        runs, calls, blocks = native_program(c, k, spatial, delta, g)
+        packed = self.add_const(C.gemm_pack(native_weight(step.weight, spatial, delta, g), bf16), node)
+        b, s = (None if v is None else self.add_const(native_vector(v), node) for v in (step.bias, step.scale))
+        return self._call_before(node, C.versatile_gemm, (
+            x, packed, p, blocks, b, s, [v for r in runs for v in r], [v for q in calls for v in q], [k, k],
+            list(step.stride), list(step.pad), list(step.dilation), *step.act1))
 
     def _call_before(self, node, target, args) -> fx.Node:
         with self.graph.inserting_before(node):
@@ -507,7 +604,7 @@ class Lowering:
         """Constants the ATen ops read take the compute dtype (the native steps' own constants
         were made in the layout and dtype their kernels read)."""
         C = kernels.load() if self._native else None
-        native = {C.depthwise_hwc, C.gemm, C.conv_gemm} if C is not None else set()
+        native = {C.depthwise_hwc, C.gemm, C.conv_gemm, C.versatile_gemm} if C is not None else set()
         for node in self.graph.nodes:
             if node.op != "get_attr":
                 continue

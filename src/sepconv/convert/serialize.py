@@ -23,8 +23,9 @@ from .._validation import fail
 
 FORMAT = "sepconv-optimized-model"
 VERSION = 1
-_KERNELS = ("gemm", "conv_gemm", "depthwise_hwc", "global_avg_pool")
-_PACKED_ARG = {"gemm": (1, 3), "conv_gemm": (1, 3)}   # kernel -> (packed weight, bias) argument positions
+_KERNELS = ("gemm", "conv_gemm", "versatile_gemm", "depthwise_hwc", "global_avg_pool")
+# kernel -> (packed weight, gemm_bias) argument positions (versatile_gemm's bias is plain)
+_PACKED_ARG = {"gemm": (1, 3), "conv_gemm": (1, 3), "versatile_gemm": (1, None)}
 
 
 def _target_name(target) -> str:
@@ -101,11 +102,12 @@ def graph_payload(gm: fx.GraphModule) -> dict:
             kernel = name.partition(":")[2]
             if kernel in _PACKED_ARG:   # weights stored unpacked, repacked for the loading CPU
                 w_pos, b_pos = _PACKED_ARG[kernel]
-                w_node, n, b_node, k = node.args[w_pos], node.args[2], node.args[b_pos], node.meta["gemm_k"]
+                w_node, n, k = node.args[w_pos], node.args[2], node.meta["gemm_k"]
+                b_node = node.args[b_pos] if b_pos is not None else None
                 t = _attr(gm, w_node.target)
                 packed[w_node.target] = {"weight": C.gemm_unpack(t, n, k).to(t.dtype),
                                          "bf16": t.dtype == torch.bfloat16, "k": k}
-                if b_node is not None:
+                if b_pos is not None and b_node is not None:
                     packed[b_node.target] = {"bias": _attr(gm, b_node.target)[:n].clone()}
         else:
             entry["target"] = node.target if isinstance(node.target, str) else None
@@ -146,8 +148,8 @@ def graph_from_payload(payload: dict) -> fx.GraphModule:
         elif op == "call_function":
             node = graph.call_function(_target(entry["target"]), tuple(_decode(entry["args"], env)),
                                        _decode(entry["kwargs"], env))
-            weight = payload["packed"].get(node.args[1].target) if entry["target"] in (
-                "sepconv:gemm", "sepconv:conv_gemm") else None
+            weight = payload["packed"].get(node.args[1].target) if entry["target"].partition(":")[2] in (
+                _PACKED_ARG) else None
             if weight is not None:
                 node.meta["gemm_k"] = weight["k"]
             env[entry["name"]] = node

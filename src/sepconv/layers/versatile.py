@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import kernels
 from .._validation import fail, positive_int
-from ..functional.versatile import versatile_conv2d
+from ..kernels.ops import _watched
+from ..functional.versatile import NativeVersatile, native_even, versatile_conv2d, versatile_op
 from .base import ConvLayer, conv_arguments
 
 
@@ -64,5 +66,31 @@ class VersatileConv2d(ConvLayer, nn.Module):
         if isinstance(x, torch.Tensor) and x.dim() == 3:
             return self(x.unsqueeze(0)).squeeze(0)
         x, pad = self._padded(x)
+        if not torch.is_grad_enabled():   # inference: the layer whole, or on the native GEMMs
+            if _watched():
+                return versatile_op()(x, self.weight, self.bias, None, list(self.stride), list(pad),
+                                      list(self.dilation), self.spatial, self.delta, self.g)
+            native = self._native(x)
+            if native is not None:
+                return native(x, self.stride, (pad[0], pad[0], pad[1], pad[1]), self.dilation)
         return versatile_conv2d(x, self.weight, self.bias, self.stride, pad, self.spatial, self.delta, self.g,
                                 self.dilation)
+
+    def _native(self, x):
+        """The weights packed for the native kernel (kept until they change), or None where it
+        does not serve x (no extension, not on CPU, a dtype it has no kernel for)."""
+        w = self.weight
+        if not (kernels.is_available() and x.device.type == "cpu" and x.dtype == w.dtype):
+            return None
+        bf16 = x.dtype == torch.bfloat16
+        if x.dtype != torch.float32 and not (bf16 and kernels.load().gemm_bf16_supported()
+                                             and native_even(self.in_channels, w.shape[-1], self.spatial,
+                                                             self.delta, self.g)):
+            return None
+        key = (w.data_ptr(), w._version, x.dtype) + (
+            () if self.bias is None else (self.bias.data_ptr(), self.bias._version))
+        cached = self.__dict__.get("_native_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, NativeVersatile(w, self.bias, self.spatial, self.delta, self.g, dtype=x.dtype))
+            self.__dict__["_native_cache"] = cached
+        return cached[1]

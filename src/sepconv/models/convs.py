@@ -1,7 +1,4 @@
-"""Convolution factories of the zoo's CNNs: standard, and versatile (Wang et al., NeurIPS 2018):
-every 3x3 convolution becomes a spatial VersatileConv2d (3x3 + 1x1 sub-filters, half the
-primary filters) and every 1x1 convolution a channel VersatileConv2d with four channel windows
-(a quarter of the primary filters)."""
+"""Convolution factories of the zoo's CNNs: standard, and versatile (Wang et al., NeurIPS 2018)."""
 
 from __future__ import annotations
 
@@ -9,21 +6,24 @@ from torch import nn
 
 from ..layers import VersatileConv2d
 
-CHANNEL_WINDOWS = 4  # channel sub-filters per 1x1 primary filter
-
 
 def standard_conv(cin, cout, k, stride=1):
     return nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
 
 
-def versatile_conv(cin, cout, k, stride=1):
-    """3x3 -> spatial versatile (s = 2); 1x1 -> channel versatile with 4 windows of 5/8 of the
-    inputs at strides of 1/8 (delta = 3g, g = C_in / 8), when the sizes allow it."""
-    if k == 1:
-        g = cin // 8
-        if g and cin % 8 == 0 and cout % CHANNEL_WINDOWS == 0:
-            return VersatileConv2d(cin, cout, 1, stride, 0, bias=False, delta=3 * g, g=g)
-        return standard_conv(cin, cout, 1, stride)
-    if cout % ((k + 1) // 2) == 0:
+def spatial_versatile_conv(cin, cout, k, stride=1):
+    """k x k -> spatial versatile: (k+1)/2 nested sub-filters per primary filter (3x3: 3x3 + 1x1,
+    half the filters). 1x1 stays standard."""
+    if k > 1 and cout % ((k + 1) // 2) == 0:
         return VersatileConv2d(cin, cout, k, stride, k // 2, bias=False)
+    return standard_conv(cin, cout, k, stride)
+
+
+def versatile_v2_conv(cin, cout, k, stride=1):
+    """The paper's "versatile v2": spatial sub-filters on k x k (k > 1) and two channel windows
+    on every convolution (n = 2: windows of 7/8 of the inputs, delta = g = C_in/8), so a 3x3
+    keeps 1/4 of its filters and a 1x1 half of them."""
+    s = (k + 1) // 2
+    if cin % 8 == 0 and cout % (2 * s) == 0:
+        return VersatileConv2d(cin, cout, k, stride, k // 2, bias=False, spatial=k > 1, delta=cin // 8, g=cin // 8)
     return standard_conv(cin, cout, k, stride)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .convs import standard_conv, versatile_conv
+from .convs import standard_conv, versatile_v2_conv
 from .registry import register_model
 
 
@@ -59,5 +59,8 @@ def resnet50(**kwargs):
 
 @register_model
 def resnet50_versatile(**kwargs):
-    """Versatile ResNet-50: 3x3 spatial and 1x1 channel versatile filters (paper: 11.0M)."""
-    return ResNet50(conv=versatile_conv, **kwargs)
+    """Versatile ResNet-50, the paper's "v2" (Wang et al. 2018, Table 5: 11.0M parameters): every
+    bottleneck convolution, downsample shortcuts included, is a VersatileConv2d with two channel
+    windows (delta = g = C_in/8), and the 3x3 ones also spatial (3x3 + 1x1 sub-filters); stem and
+    classifier stay standard. 11,004,968 parameters."""
+    return ResNet50(conv=versatile_v2_conv, **kwargs)

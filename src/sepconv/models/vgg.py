@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .convs import standard_conv, versatile_conv
+from .convs import spatial_versatile_conv, standard_conv
 from .registry import register_model
 
 
@@ -45,4 +45,4 @@ def vgg16(**kwargs):
 @register_model
 def vgg16_versatile(**kwargs):
     """VGG-16 with spatial versatile 3x3 filters."""
-    return VGG16(conv=versatile_conv, **kwargs)
+    return VGG16(conv=spatial_versatile_conv, **kwargs)
