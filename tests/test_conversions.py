@@ -212,3 +212,130 @@ def test_reports_compare_any_output_pytree_and_take_any_input_form(form):
 def test_bad_arguments_name_argument_rule_and_value(call, exc, match):
     with pytest.raises(exc, match=match):
         call(nn.Sequential(nn.Conv2d(4, 8, 3)))
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+def test_finetune_by_distillation_recovers_accuracy_of_a_damaged_conversion():
+    from sepconv.convert import finetune
+    from sepconv.data import digits
+    from sepconv.train import evaluate, train
+
+    train_set, test_set = digits(8)
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                            nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    train(teacher, train_set, test_set, epochs=4, progress=False)
+    original = evaluate(teacher, test_set)
+    student, report = decompose(teacher, rank=1)          # rank 1 of 3: deliberately damaged
+    assert len(report.layers) == 2
+    damaged = evaluate(student, test_set)
+    result = finetune(student, teacher, train_set, test_set, epochs=2, seed=0)
+    assert original > 0.6 and damaged < original - 0.1, (original, damaged)
+    assert result.test_accuracy > damaged + 0.1, (original, damaged, result.test_accuracy)
+
+
+def test_finetune_bad_arguments():
+    from sepconv.convert import finetune
+    from sepconv.data import synthetic
+
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    tr, te = synthetic(32, 8)
+    with pytest.raises(ValueError, match=r"finetune: `temperature` must be a finite number > 0. Received: temperature=0"):
+        finetune(m, m, tr, te, temperature=0)
+    with pytest.raises(ValueError, match=r"`hard_label_weight` must be in \[0, 1\]. Received: hard_label_weight=2"):
+        finetune(m, m, tr, te, hard_label_weight=2)
+    with pytest.raises(ValueError, match=r"train: `epochs` must be >= 1. Received: epochs=0"):
+        finetune(m, m, tr, te, epochs=0)
+
+
+# ------------------------------------------------------------------------- sepconv convert
+
+def run(argv, capsys):
+    from sepconv.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_convert_zoo_model_writes_report_and_a_loadable_model(tmp_path, capsys):
+    import json
+
+    from sepconv.convert import load_converted
+    from sepconv.models import create_model
+
+    out, js = tmp_path / "m.pt", tmp_path / "r.json"
+    code, text, err = run(["convert", "mobilenet_v1_small_standard", "--to", "separable", "--size", "16",
+                           "--out", str(out), "--json", str(js)], capsys)
+    assert code == 0, err
+    report = json.loads(js.read_text())
+    assert len(report["layers"]) == 6 and report["params_after"] < report["params_before"]
+    assert all(r["reason"] for r in report["skipped"]) and report["max_abs_diff"] is not None
+    assert "features.0.0: Conv2d 1->32 3x3 -> DepthwiseSeparableConv2d; params 288 -> 41; MACs" in text
+    assert "total MACs" in text and "output difference: max abs" in text
+    loaded = load_converted(out)
+    torch.manual_seed(0)
+    new, _ = to_separable(create_model("mobilenet_v1_small_standard").eval())
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(loaded(x), new(x))     # same weights (seed 0), same layers
+    # the converted file converts again: decompose finds nothing cheaper left and says why
+    code, text, err = run(["convert", str(out), "--to", "decompose", "--energy", "0.9", "--size", "16",
+                           "--out", str(tmp_path / "m2.pt")], capsys)
+    assert code == 0 and "0 layer(s) changed" in text
+
+
+def test_cli_convert_checkpoint_with_finetune(tmp_path, capsys):
+    import json
+
+    code, _, err = run(["train", "mobilenet_v1_small_standard", "--alpha", "0.25", "--size", "8", "--epochs", "2",
+                        "--checkpoint-dir", str(tmp_path / "ck"), "--json"], capsys)
+    assert code == 0, err
+    code, text, err = run(["convert", str(tmp_path / "ck" / "last.pt"), "--to", "decompose", "--rank", "1",
+                           "--finetune-epochs", "1", "--out", str(tmp_path / "m.pt"),
+                           "--json", str(tmp_path / "r.json")], capsys)
+    assert code == 0, err
+    acc = json.loads((tmp_path / "r.json").read_text())["accuracy"]
+    assert set(acc) >= {"original", "converted", "finetuned"} and acc["original"] > 0.3
+    assert "test accuracy: original" in text and "after 1 epoch(s) of distillation" in text
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["convert", "mobilenet_v1_small", "--to", "sparse", "--out", "x.pt"], "argument --to: invalid choice: 'sparse'"),
+    (["convert", "mobilenet_v1_small", "--to", "decompose", "--energy", "1.5", "--out", "x.pt"],
+     "argument --energy: must be a number in (0, 1]. Received: 1.5."),
+    (["convert", "mobilenet_v1_small", "--to", "decompose", "--rank", "0", "--out", "x.pt"],
+     "argument --rank: must be an integer >= 1. Received: 0."),
+    (["convert", "mobilenet_v1_small", "--to", "decompose", "--out", "x.pt", "--size", "16"],
+     "decompose: give exactly one of `rank` and `energy`. Received: rank=None, energy=None."),
+    (["convert", "mobilenet_v1_small", "--to", "separable", "--rank", "2", "--out", "x.pt"],
+     "convert: `--rank` and `--energy` are for `--to decompose`. Received: --to separable."),
+    (["convert", "mobilenet_v1_smal", "--to", "separable", "--out", "x.pt"], "Did you mean 'mobilenet_v1_small'"),
+    (["convert", "nothere/m.pt", "--to", "separable", "--out", "x.pt"],
+     "convert: `MODEL` must be a zoo id or an existing file. Received: nothere/m.pt (no such file)."),
+    (["convert", "mobilenet_v1_small", "--to", "separable"], "the following arguments are required: --out"),
+])
+def test_cli_convert_bad_arguments_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(argv, capsys)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_cli_convert_state_dict_needs_arch(tmp_path, capsys):
+    from sepconv.models import create_model
+
+    path = tmp_path / "w.pt"
+    torch.save(create_model("mobilenet_v1_small_standard").state_dict(), path)
+    code, _, err = run(["convert", str(path), "--to", "versatile", "--out", str(tmp_path / "m.pt")], capsys)
+    assert code == 1 and "needs `--arch` naming its zoo model" in err
+    code, _, err = run(["convert", str(path), "--to", "versatile", "--arch", "mobilenet_v1_small", "--size", "8",
+                        "--out", str(tmp_path / "m.pt")], capsys)
+    assert code == 1 and "the weights do not fit mobilenet_v1_small built with its defaults" in err
+    code, _, err = run(["convert", str(path), "--to", "versatile", "--arch", "mobilenet_v1_small_standard",
+                        "--size", "8", "--out", str(tmp_path / "m.pt")], capsys)
+    assert code == 0, err
