@@ -37,24 +37,6 @@ def test_fold_batchnorm_is_exact_and_removes_every_bn():
     assert any(isinstance(mod, nn.BatchNorm2d) for mod in m.modules())  # input untouched
 
 
-def test_decompose_full_rank_is_exact_and_low_rank_reports_error():
-    torch.manual_seed(0)
-    m, x = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1)), torch.randn(1, 4, 10, 10)
-    exact, r = decompose(m, rank=3, example_input=x)
-    assert isinstance(exact[0], SpatiallySeparableConv2d)
-    assert r.layers[0]["reconstruction_error"] < 1e-5 and r.rel_diff < 1e-5
-    low, r1 = decompose(m, rank=1, example_input=x)
-    # rank 1 of each (C_in*kh) x kw kernel keeps the largest singular value only
-    s = torch.linalg.svdvals(m[0].weight.detach().reshape(8, 12, 3))
-    want = ((s[:, 1:] ** 2).sum() / (s ** 2).sum()).sqrt().item()
-    assert r1.layers[0]["reconstruction_error"] == pytest.approx(want, rel=1e-4)
-    assert r1.params_after == 8 * 1 * 4 * 3 + 8 * 3 + 8  # vertical + horizontal + bias
-    _, re = decompose(m, energy=1.0)
-    assert re.layers[0]["to"].endswith("rank 3")
-    with pytest.raises(ValueError, match="give exactly one of `rank` and `energy`"):
-        decompose(m)
-
-
 def test_to_separable_is_exact_for_separable_kernels():
     # A kernel that is separable by construction: W[o, c] = P[o, c] * D[c]
     torch.manual_seed(0)

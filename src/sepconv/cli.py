@@ -88,11 +88,21 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def _datasets(data: str, size: int):
+    """(train, test) for `--data`: 'digits', 'synthetic' or an image folder."""
+    from .data import digits, image_folder, synthetic
+
+    if data == "digits":
+        return digits(size)
+    if data == "synthetic":
+        return synthetic(512, size)
+    return image_folder(data, size, grayscale=True)
+
+
 def cmd_train(args) -> int:
     import torch.distributed as dist
 
     from ._files import remove_orphans
-    from .data import digits, image_folder, synthetic
     from .models import create_model
     from .train import train
 
@@ -101,12 +111,7 @@ def cmd_train(args) -> int:
         remove_orphans(args.save)
     if args.checkpoint_dir:
         _writable("train", "--checkpoint-dir", args.checkpoint_dir, folder=True)
-    if args.data == "digits":
-        train_set, test_set = digits(args.size)
-    elif args.data == "synthetic":
-        train_set, test_set = synthetic(512, args.size)
-    else:
-        train_set, test_set = image_folder(args.data, args.size, grayscale=True)
+    train_set, test_set = _datasets(args.data, args.size)
     kwargs = {} if args.alpha is None else {"alpha": args.alpha}
     in_channels = train_set[0][0].shape[0]
     classes = int(max(int(y) for _, y in train_set)) + 1
@@ -162,6 +167,87 @@ def _save_final(path, checkpoint_dir, state: dict) -> None:
                       f"to {Path(folder) / name} instead.", f"--save {path}")
     fail("train", f"`--save` could not be written after training ({reason}), nor a copy in the checkpoint, "
                   "current or temporary folder.", f"--save {path}")
+
+
+def _conversion_source(args):
+    """(model, source, records, size) for `sepconv convert MODEL`: a zoo id (weights drawn with
+    --seed), or a file read with weights_only=True: a converted model (--out of this command),
+    a training checkpoint (--checkpoint-dir's last.pt, which records the zoo id and its
+    arguments) or a bare state dict (train --save) with --arch naming the zoo id."""
+    from .convert.converted import is_converted, rebuild
+    from .models import create_model, list_models
+    from .train import load_checkpoint
+
+    if args.model in list_models() or not Path(args.model).exists():
+        if args.model not in list_models() and (os.sep in args.model or args.model.endswith(".pt")):
+            fail("convert", "`MODEL` must be a zoo id or an existing file.", f"{args.model} (no such file)")
+        torch.manual_seed(args.seed)
+        return create_model(args.model), {"model": args.model, "kwargs": {}}, [], None
+    state = load_checkpoint(args.model)
+    if is_converted(state):
+        return rebuild(state, args.model), state["source"], list(state["layers"]), None
+    if isinstance(state, dict) and isinstance(state.get("config"), dict) and "model" in state["config"]:
+        config = state["config"]
+        source = {"model": config["model"], "kwargs": {k: config[k] for k in ("alpha", "in_channels", "num_classes")
+                                                       if config.get(k) is not None}}
+        weights, size = state.get("model"), config.get("size")
+    elif isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        if not args.arch:
+            fail("convert", "a bare state dict (train --save) needs `--arch` naming its zoo model.", args.model)
+        source, weights, size = {"model": args.arch, "kwargs": {}}, state, None
+    else:
+        fail("convert", "the file must be a converted model, a training checkpoint or a state dict.", args.model)
+    model = create_model(source["model"], **source["kwargs"])
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        fail("convert", f"the weights do not fit {source['model']} built with {source['kwargs'] or 'its defaults'}.",
+             f"{args.model} ({next(iter(str(e).splitlines()), '')})")
+    return model, source, [], size
+
+
+def cmd_convert(args) -> int:
+    from .convert import decompose, finetune, to_separable, to_versatile
+    from .convert.converted import layer_record, payload
+    from .models.registry import input_channels
+    from .train import evaluate, save_checkpoint
+
+    if args.to != "decompose" and (args.rank is not None or args.energy is not None):
+        fail("convert", "`--rank` and `--energy` are for `--to decompose`.", f"--to {args.to}")
+    for flag, path in (("--out", args.out), ("--json", args.json)):
+        if path:
+            _writable("convert", flag, path)
+    model, source, records, size = _conversion_source(args)
+    model.eval()
+    size = args.size or size or 224
+    x = torch.randn(1, input_channels(model), size, size, generator=torch.Generator().manual_seed(args.seed))
+    convert = {"separable": to_separable, "versatile": to_versatile,
+               "decompose": lambda m, x: decompose(m, rank=args.rank, energy=args.energy, example_input=x)}[args.to]
+    try:
+        new, report = convert(model, x)
+    except RuntimeError as e:
+        if not any(s in str(e) for s in _TOO_SMALL):
+            raise
+        fail("convert", f"{source['model']} cannot run on an input this small; use a larger --size.", f"--size {size}")
+    records = records + [layer_record(row["name"], new.get_submodule(row["name"])) for row in report.layers]
+    print(report)
+    result = report.to_dict()
+    if args.finetune_epochs:
+        train_set, test_set = _datasets(args.data, size)
+        accuracy = {"original": evaluate(model, test_set), "converted": evaluate(new, test_set)}
+        tuned = finetune(new, model, train_set, test_set, epochs=args.finetune_epochs, temperature=args.temperature,
+                         seed=args.seed, progress=False)
+        accuracy["finetuned"] = tuned.test_accuracy
+        new.eval()
+        result["accuracy"] = {**accuracy, "finetune_epochs": args.finetune_epochs, "data": args.data}
+        print(f"test accuracy: original {accuracy['original'] * 100:.1f}%, converted {accuracy['converted'] * 100:.1f}%, "
+              f"after {args.finetune_epochs} epoch(s) of distillation {accuracy['finetuned'] * 100:.1f}%")
+    save_checkpoint(args.out, payload(new, source, records, result))
+    print(f"wrote {args.out} (load with sepconv.convert.load_converted)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -355,6 +441,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"how long a process waits for the others under torchrun (default {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("convert", help="replace a model's convolutions (separable, versatile, low rank), "
+                                       "report per layer, optionally fine-tune by distillation, save")
+    p.add_argument("model", help="zoo id, or a file: `convert --out`, a training checkpoint, or a state dict "
+                                 "with --arch")
+    p.add_argument("--to", required=True, choices=["separable", "versatile", "decompose"])
+    p.add_argument("--rank", type=_positive_int, default=None, help="decompose: rank per layer")
+    p.add_argument("--energy", type=_checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]"), default=None,
+                   help="decompose: fraction of each kernel's squared singular values kept")
+    p.add_argument("--out", required=True, help="write the converted model here (load_converted reads it)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON here")
+    p.add_argument("--arch", default=None, help="zoo id of a bare state dict MODEL")
+    p.add_argument("--size", type=_positive_int, default=None,
+                   help="input height and width (default: the checkpoint's, else 224)")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--finetune-epochs", type=_non_negative_int, default=0,
+                   help="epochs of distillation from MODEL's outputs on --data (default 0: none)")
+    p.add_argument("--temperature", type=_positive_float, default=4.0, help="distillation temperature")
+    p.add_argument("--data", default="digits", help="fine-tuning data: 'digits', 'synthetic' or an image folder")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("cost", help="parameters, MACs, bytes and roofline of a model")
     p.add_argument("model", nargs="?", help="model id, e.g. mobilenet_v1 ('list' lists them)")

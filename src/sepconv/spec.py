@@ -31,6 +31,13 @@ def layout_of(x: torch.Tensor) -> str:
     return "strided"
 
 
+def same_padding(kernel_size, dilation) -> tuple[int, int, int, int]:
+    """nn.Conv2d's ``padding="same"`` (stride 1) as F.pad's (left, right, top, bottom): a total
+    of dilation*(kernel_size-1) per dimension, the odd pixel on the right/bottom."""
+    (th, tw) = (d * (k - 1) for k, d in zip(kernel_size, dilation))
+    return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+
+
 def resolve_padding(owner: str, padding, kernel_size, stride, dilation) -> tuple[int, int]:
     """Turn `padding` (int, pair, 'same' or 'valid') into a symmetric (pad_h, pad_w)."""
     if isinstance(padding, str):
@@ -41,12 +48,12 @@ def resolve_padding(owner: str, padding, kernel_size, stride, dilation) -> tuple
                  f"padding={padding!r}")
         if stride != (1, 1):
             fail(owner, "`padding='same'` needs stride 1 (as in nn.Conv2d).", f"stride={stride}")
-        total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
-        if any(t % 2 for t in total):
+        left, right, top, bottom = same_padding(kernel_size, dilation)
+        if (left, top) != (right, bottom):
             fail(owner, "`padding='same'` needs an even total padding dilation*(kernel_size-1) "
                  "(an odd kernel, or an even dilation); asymmetric padding is not supported.",
                  f"kernel_size={tuple(kernel_size)}, dilation={dilation}")
-        return (total[0] // 2, total[1] // 2)
+        return (top, left)
     return pair(owner, "padding", padding, minimum=0)
 
 

@@ -27,6 +27,7 @@ from .. import kernels
 from .._validation import fail
 from ..timing import Candidate, compare
 from .graph import CaptureError, Lowering, aten_subgraph, capture
+from .trees import float_leaves, leaves as _leaves
 
 _DTYPES = (torch.float32, torch.bfloat16)
 
@@ -74,10 +75,6 @@ class OptimizationReport:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _leaves(args, kwargs):
-    return pytree.tree_flatten((args, kwargs))
 
 
 def _signature(args, kwargs):
@@ -399,16 +396,13 @@ def _register_dataclasses(tree) -> list[str]:
 def _compare(report, source, args, kwargs, want, got) -> None:
     """Max abs difference to the eager float32 outputs, and the largest difference to the
     float64 outputs relative to their largest value."""
-    def floats(tree):
-        return [x for x in pytree.tree_flatten(tree)[0] if isinstance(x, torch.Tensor) and x.is_floating_point()]
-
     to64 = lambda t: pytree.tree_map(lambda x: x.double() if isinstance(x, torch.Tensor) and x.is_floating_point()
                                      else x, t)
-    pairs = [(w, g) for w, g in zip(floats(want), floats(got)) if w.numel()]
+    pairs = [(w, g) for w, g in zip(float_leaves(want), float_leaves(got)) if w.numel()]
     if not pairs:
         return
     report.max_abs_diff = max((w.float() - g.float()).abs().max().item() for w, g in pairs)
     with torch.no_grad():
-        want64 = floats(copy.deepcopy(source).double()(*to64(args), **to64(kwargs)))
+        want64 = float_leaves(copy.deepcopy(source).double()(*to64(args), **to64(kwargs)))
     report.rel_diff_vs_float64 = max(((g.double() - w).abs().max() / w.abs().max().clamp_min(1e-30)).item()
                                      for w, (_, g) in zip(want64, pairs))

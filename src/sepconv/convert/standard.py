@@ -25,7 +25,7 @@ def to_standard(model: nn.Module) -> nn.Module:
         if isinstance(child, DepthwiseSeparableConv2d):
             dw = child.depthwise
             conv = nn.Conv2d(child.in_channels, child.out_channels, dw.kernel_size, dw.stride,
-                             dw._pad, dw.dilation, bias=child.pointwise.bias is not None,
+                             dw.padding, dw.dilation, bias=child.pointwise.bias is not None,
                              padding_mode=dw.padding_mode)
             setattr(model, name, nn.Sequential(conv, child.pw_norm, child.pw_act))
         else:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import choice, fail, pair, positive_int
-from ..spec import resolve_padding
+from ..spec import resolve_padding, same_padding
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -23,29 +23,42 @@ def conv_arguments(owner: str, in_channels, out_channels, kernel_size, stride, p
     kernel_size = pair(owner, "kernel_size", kernel_size, minimum=1)
     stride = pair(owner, "stride", stride, minimum=1)
     dilation = pair(owner, "dilation", dilation, minimum=1)
+    # "same" with an odd total padding (an even kernel) is asymmetric, as nn.Conv2d pads it:
+    # the layer pads its input explicitly then (the functions take symmetric padding only).
+    explicit = None
+    if padding == "same" and stride == (1, 1):
+        left, right, top, bottom = same_padding(kernel_size, dilation)
+        if (left, top) != (right, bottom):
+            explicit = (left, right, top, bottom)
     return dict(
         in_channels=positive_int(owner, "in_channels", in_channels),
         out_channels=positive_int(owner, "out_channels", out_channels),
         kernel_size=kernel_size, stride=stride, dilation=dilation,
         padding=padding if isinstance(padding, str) else pair(owner, "padding", padding),
-        pad=resolve_padding(owner, padding, kernel_size, stride, dilation),
+        pad=(0, 0) if explicit else resolve_padding(owner, padding, kernel_size, stride, dilation),
+        explicit_pad=explicit,
         padding_mode=choice(owner, "padding_mode", padding_mode, PADDING_MODES))
 
 
 class ConvLayer:
     """Mixin of the layers: nn.Conv2d's attributes, the input padding of non-zero padding
     modes, reset_parameters and extra_repr. ``_pad`` is the symmetric (pad_h, pad_w) that
-    ``padding`` (an int, a pair, "same" or "valid") resolves to."""
+    ``padding`` (an int, a pair, "same" or "valid") resolves to; ``_explicit_pad`` is F.pad's
+    (left, right, top, bottom) for an asymmetric "same" (then ``_pad`` is (0, 0)), else None."""
 
     _repr_defaults = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), padding_mode="zeros")
 
     def _set_conv_arguments(self, args: dict) -> None:
-        self._pad = args.pop("pad")
+        self._pad, self._explicit_pad = args.pop("pad"), args.pop("explicit_pad")
         for name, value in args.items():
             setattr(self, name, value)
 
     def _padded(self, x):
-        """(x, padding for the convolution): for a non-zero padding mode, x padded here and 0."""
+        """(x, padding for the convolution): for a non-zero padding mode or an asymmetric
+        "same", x padded here and 0."""
+        if self._explicit_pad is not None:
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            return F.pad(x, self._explicit_pad, mode=mode), (0, 0)
         if self.padding_mode != "zeros" and any(self._pad):
             ph, pw = self._pad
             return F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode), (0, 0)

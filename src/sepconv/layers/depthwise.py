@@ -49,7 +49,7 @@ class DepthwiseConv2d(ConvLayer, nn.Conv2d):
         super().__init__(in_channels, out_channels, args["kernel_size"], args["stride"], args["padding"],
                          args["dilation"], groups=in_channels, bias=bias, padding_mode=args["padding_mode"],
                          device=device, dtype=dtype)
-        self._pad = args["pad"]
+        self._pad, self._explicit_pad = args["pad"], args["explicit_pad"]
         self.algorithm = algorithm
 
     @property

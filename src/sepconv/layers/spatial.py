@@ -51,7 +51,8 @@ class SpatiallySeparableConv2d(ConvLayer, nn.Module):
 
     def forward(self, x):
         self._check_input(x)
-        if self.padding_mode == "zeros":
+        if self.padding_mode == "zeros":   # the two convolutions pad, unless "same" is asymmetric
+            x, _ = self._padded(x)
             return self.horizontal(self.vertical(x))
         x, _ = self._padded(x)
         v, h = self.vertical, self.horizontal

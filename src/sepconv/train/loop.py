@@ -157,7 +157,7 @@ def evaluate(model, dataset, batch_size=256) -> float:
 
 def train(model, train_set, test_set, epochs=10, batch_size=64, lr=0.05, weight_decay=5e-4,
           seed=0, checkpoint_dir=None, resume=True, progress=True, label="train", *, config=None,
-          timeout=None) -> TrainResult:
+          timeout=None, loss_fn=None) -> TrainResult:
     """Train `model` with SGD (momentum 0.9, nesterov) and a cosine schedule with one warm-up
     epoch; evaluate after each epoch; checkpoint to ``checkpoint_dir/last.pt`` after each
     epoch and resume from it when `resume`. Under torchrun (WORLD_SIZE > 1) the model is
@@ -169,7 +169,9 @@ def train(model, train_set, test_set, epochs=10, batch_size=64, lr=0.05, weight_
     description of the run such as model id and data set, plus what train() sees); resuming
     from one with other settings, or one that has finished all `epochs`, raises a ValueError.
     `timeout` is how many seconds a process waits for the others (default
-    ``DEFAULT_TIMEOUT_S``) when train() creates the process group. Seed the global RNG before
+    ``DEFAULT_TIMEOUT_S``) when train() creates the process group. `loss_fn(output, x, y)`
+    replaces the cross entropy (distillation passes the teacher's view of `x` this way;
+    describe it in `config` so that a resumed run uses the same one). Seed the global RNG before
     building `model` for a reproducible run: its initial weights are drawn then.
 
     Example:
@@ -222,7 +224,8 @@ def train(model, train_set, test_set, epochs=10, batch_size=64, lr=0.05, weight_
             net.train()
             total, n = 0.0, 0
             for x, y in loader:
-                loss = F.cross_entropy(net(x.contiguous(memory_format=torch.channels_last)), y)
+                x = x.contiguous(memory_format=torch.channels_last)
+                loss = F.cross_entropy(net(x), y) if loss_fn is None else loss_fn(net(x), x, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
