@@ -6,6 +6,10 @@ the ratio versatile / standard (the issue's targets: <= 0.7 at 3x3, <= 0.6 at 5x
 
     python benchmarks/bench_versatile.py [--out DIR] [--rounds 11] [--quick]
 
+Then the zoo's versatile networks against their standard twins (same widths, nn.Conv2d
+everywhere): ResNet-50 v2, VGG-16 (at 112x112 to keep training rounds short: the classifier's
+adaptive pooling takes any size) and the demo's MobileNet-style net on digits-sized input.
+
 Writes versatile.{json,md} into DIR (default out/bench; `--out docs/results` replaces the
 committed results).
 """
@@ -46,11 +50,49 @@ LAYERS = [
 ]
 
 
+# (label, standard id, versatile id, input shape without batch, model kwargs)
+NETWORKS = [
+    ("ResNet-50 v2", "resnet50", "resnet50_versatile", (3, 224, 224), {}),
+    ("VGG-16 (112x112)", "vgg16", "vgg16_versatile", (3, 112, 112), {}),
+    ("demo net (alpha 0.5, 16x16)", "mobilenet_v1_small_standard", "mobilenet_v1_small_versatile", (1, 16, 16),
+     {"alpha": 0.5}),
+]
+
+
 def twins(c, k, kw):
     torch.manual_seed(0)
     std = nn.Conv2d(c, c, k, padding=k // 2)
     ver = sepconv.VersatileConv2d(c, c, k, padding=k // 2, **kw)
     return std, ver
+
+
+def measure(std, ver, x, rounds) -> dict:
+    """Medians of inference (no_grad), training (forward + backward) and optimized inference,
+    standard against versatile, interleaved."""
+    cands = []
+    for name, m in (("standard", std), ("versatile", ver)):
+        def infer(m=m):
+            with torch.no_grad():
+                return m(x)
+
+        def train(m=m):
+            m(x).sum().backward()
+
+        opt = sepconv.optimize_for_inference(m.eval(), x)
+        cands += [Candidate(f"{name} inference", infer), Candidate(f"{name} training", train),
+                  Candidate(f"{name} optimized", lambda opt=opt: opt(x))]
+    results = {r.name: r for r in compare(cands, rounds=rounds, budget_s=30, drop_factor=1e9)}
+    row = {}
+    for mode in ("inference", "training", "optimized"):
+        s, v = results[f"standard {mode}"], results[f"versatile {mode}"]
+        row[mode] = {"standard_ms": s.median * 1e3, "versatile_ms": v.median * 1e3, "standard_spread": s.spread,
+                     "versatile_spread": v.spread, "ratio": v.median / s.median}
+    return row
+
+
+def _print(label, n, row):
+    print(label, f"b{n}", f"MACs x{row['mac_ratio']:.2f}",
+          {m: f"{row[m]['ratio']:.2f}" for m in ("inference", "training", "optimized")}, flush=True)
 
 
 def bench(rounds: int, batches) -> list[dict]:
@@ -61,41 +103,47 @@ def bench(rounds: int, batches) -> list[dict]:
             std, ver = twins(c, k, kw)
             x = torch.randn(n, c, h, h)
             macs = {name: count(m, x[:1]).total.macs for name, m in (("standard", std), ("versatile", ver))}
-            cands = []
-            for name, m in (("standard", std), ("versatile", ver)):
-                def infer(m=m):
-                    with torch.no_grad():
-                        return m(x)
-
-                def train(m=m):
-                    m(x).sum().backward()
-
-                opt = sepconv.optimize_for_inference(m, x)
-                cands += [Candidate(f"{name} inference", infer), Candidate(f"{name} training", train),
-                          Candidate(f"{name} optimized", lambda opt=opt: opt(x))]
-            results = {r.name: r for r in compare(cands, rounds=rounds, budget_s=20, drop_factor=1e9)}
             row = {"layer": label, "channels": c, "size": h, "kernel": k, "batch": n, **kw,
-                   "mac_ratio": macs["versatile"] / macs["standard"]}
-            for mode in ("inference", "training", "optimized"):
-                s, v = results[f"standard {mode}"], results[f"versatile {mode}"]
-                row[mode] = {"standard_ms": s.median * 1e3, "versatile_ms": v.median * 1e3,
-                             "standard_spread": s.spread, "versatile_spread": v.spread,
-                             "ratio": v.median / s.median}
+                   "mac_ratio": macs["versatile"] / macs["standard"], **measure(std, ver, x, rounds)}
             rows.append(row)
-            print(label, f"b{n}", f"MACs x{row['mac_ratio']:.2f}",
-                  {m: f"{row[m]['ratio']:.2f}" for m in ("inference", "training", "optimized")}, flush=True)
+            _print(label, n, row)
     return rows
 
 
-def markdown(rows, cpu) -> str:
+def bench_networks(rounds: int, batches) -> list[dict]:
+    from sepconv.models import create_model
+
+    rows = []
+    for label, std_id, ver_id, shape, kw in NETWORKS:
+        for n in batches:
+            torch.manual_seed(0)
+            std, ver = create_model(std_id, **kw), create_model(ver_id, **kw)
+            x = torch.randn(n, *shape)
+            macs = {name: count(m.eval(), x[:1]).total.macs for name, m in (("standard", std), ("versatile", ver))}
+            row = {"network": label, "batch": n, "mac_ratio": macs["versatile"] / macs["standard"],
+                   "macs": macs, **measure(std, ver, x, max(3, rounds // 2))}
+            rows.append(row)
+            _print(label, n, row)
+    return rows
+
+
+def _cells(r):
+    return " | ".join(f"{r[m]['standard_ms']:.2f} / {r[m]['versatile_ms']:.2f} = **{r[m]['ratio']:.2f}**"
+                      for m in ("inference", "training", "optimized"))
+
+
+def markdown(rows, nets, cpu) -> str:
     lines = [f"CPU: {cpu}, {torch.get_num_threads()} threads, float32, NCHW input. Cells: standard ms / "
-             "versatile ms = ratio (medians of interleaved rounds).", "",
+             "versatile ms = ratio (medians of interleaved rounds; training = forward + backward; optimized = "
+             "optimize_for_inference of each).", "",
              "| layer | C | size | k | batch | MACs ratio | inference | training | optimized |", "|---" * 9 + "|"]
     for r in rows:
-        cells = [f"{r[m]['standard_ms']:.2f} / {r[m]['versatile_ms']:.2f} = **{r[m]['ratio']:.2f}**"
-                 for m in ("inference", "training", "optimized")]
         lines.append(f"| {r['layer']} | {r['channels']} | {r['size']} | {r['kernel']} | {r['batch']} | "
-                     f"{r['mac_ratio']:.2f} | " + " | ".join(cells) + " |")
+                     f"{r['mac_ratio']:.2f} | " + _cells(r) + " |")
+    if nets:
+        lines += ["", "| network | batch | MACs ratio | inference | training | optimized |", "|---" * 6 + "|"]
+        for r in nets:
+            lines.append(f"| {r['network']} | {r['batch']} | {r['mac_ratio']:.2f} | " + _cells(r) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -105,11 +153,14 @@ if __name__ == "__main__":
     p.add_argument("--rounds", type=int, default=11)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="batch 1 only")
+    p.add_argument("--no-networks", action="store_true", help="layers only")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    rows = bench(a.rounds, (1,) if a.quick else (1, 8))
+    batches = (1,) if a.quick else (1, 8)
+    rows = bench(a.rounds, batches)
+    nets = [] if a.no_networks else bench_networks(a.rounds, batches)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "versatile.json").write_text(json.dumps({"cpu": cpu_name(), "rows": rows}, indent=1))
-    (out / "versatile.md").write_text(markdown(rows, cpu_name()))
-    print(markdown(rows, cpu_name()))
+    (out / "versatile.json").write_text(json.dumps({"cpu": cpu_name(), "layers": rows, "networks": nets}, indent=1))
+    (out / "versatile.md").write_text(markdown(rows, nets, cpu_name()))
+    print(markdown(rows, nets, cpu_name()))

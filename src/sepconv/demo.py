@@ -13,16 +13,20 @@ from pathlib import Path
 import torch
 
 from ._optional import pyplot, require
-from .timing import median_seconds
+from .timing import Candidate, compare
 
 VARIANTS = [("standard", "mobilenet_v1_small_standard"),
             ("separable", "mobilenet_v1_small"),
             ("versatile", "mobilenet_v1_small_versatile")]
 
 
-def _latency_ms(fn, x, runs=30):
+def _latencies_ms(fns: dict, x, rounds=40) -> dict:
+    """Median ms per call of each fn(x), timed in interleaved rounds so that the machine's
+    drift (large on shared cores) hits every network alike."""
     with torch.inference_mode():
-        return median_seconds(lambda: fn(x), runs=runs) * 1e3
+        results = compare([Candidate(name, lambda fn=fn: fn(x)) for name, fn in fns.items()], rounds=rounds,
+                          budget_s=20, drop_factor=1e9)
+    return {r.name: r.median * 1e3 for r in results}
 
 
 def run_variants(epochs=12, seeds=(0,), size=16, alpha=0.5, progress=True, out=None) -> list[dict]:
@@ -34,7 +38,8 @@ def run_variants(epochs=12, seeds=(0,), size=16, alpha=0.5, progress=True, out=N
     from .train.loop import evaluate
 
     train_set, test_set = digits(size)
-    rows = []
+    rows, fns = [], {}
+    x1 = torch.randn(1, 1, size, size)
     for label, model_id in VARIANTS:
         accs, seconds = [], []
         for seed in seeds:
@@ -46,25 +51,27 @@ def run_variants(epochs=12, seeds=(0,), size=16, alpha=0.5, progress=True, out=N
             accs.append(r.test_accuracy)
             seconds.append(r.seconds)
         model.eval()
-        x1 = torch.randn(1, 1, size, size)
         cost = count(model, x1).total
         eager = model.to(memory_format=torch.channels_last)
-        eager_ms = _latency_ms(lambda t: eager(t.contiguous(memory_format=torch.channels_last)), x1)
         fast = optimize_for_inference(model, x1)
         with torch.inference_mode():
             diff = (fast(x1) - model(x1)).abs().max().item()
-        fast_ms = _latency_ms(fast, x1)
         # bfloat16 inference: the same optimized model in bfloat16, scored on the test set
         # beside its float32 twin, so the accuracy it costs is measured, not assumed
         fast_bf16 = optimize_for_inference(model, x1, dtype=torch.bfloat16)
         acc_fp32, acc_bf16 = evaluate(fast, test_set), evaluate(fast_bf16, test_set)
-        bf16_ms = _latency_ms(fast_bf16, x1)
+        fns.update({f"{label} eager": lambda t, m=eager: m(t.contiguous(memory_format=torch.channels_last)),
+                    f"{label} optimized": fast, f"{label} bf16": fast_bf16})
         rows.append({"network": label, "model": model_id, "params": cost.params, "macs": cost.macs,
                      "test_accuracy_mean": statistics.mean(accs), "test_accuracy_per_seed": accs,
-                     "train_seconds_mean": statistics.mean(seconds), "latency_ms_per_image": eager_ms,
-                     "optimized_latency_ms_per_image": fast_ms, "optimize_speedup": eager_ms / fast_ms,
-                     "optimized_max_abs_diff": diff, "optimized_test_accuracy": acc_fp32,
-                     "bf16_test_accuracy": acc_bf16, "bf16_latency_ms_per_image": bf16_ms})
+                     "train_seconds_mean": statistics.mean(seconds), "optimized_max_abs_diff": diff,
+                     "optimized_test_accuracy": acc_fp32, "bf16_test_accuracy": acc_bf16})
+    ms = _latencies_ms(fns, x1)
+    for row in rows:
+        label = row["network"]
+        row.update({"latency_ms_per_image": ms[f"{label} eager"], "optimized_latency_ms_per_image":
+                    ms[f"{label} optimized"], "optimize_speedup": ms[f"{label} eager"] / ms[f"{label} optimized"],
+                    "bf16_latency_ms_per_image": ms[f"{label} bf16"]})
     return rows
 
 

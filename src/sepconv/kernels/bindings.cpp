@@ -531,49 +531,58 @@ at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& packed, int64_t N, con
 
 // im2col by runs: row (n, oh, ow) of the result is the concatenation, over `runs` (kernel row i,
 // kernel column j, channels [c0, c1)), of input pixel (oh * stride - pad + i * dilation, ...)'s
-// channels c0..c1 (zero outside the input). x is channels_last (B, C, H, W); the result is
-// (B, OH, OW, K) with K the runs' total width. A dense convolution takes every tap's channels
-// [0, C) in kernel order; a versatile layer orders them by channel segment and ring.
-at::Tensor im2col_runs(const at::Tensor& x, const std::vector<int64_t>& runs, const std::vector<int64_t>& stride,
-                       const std::vector<int64_t>& pad, const std::vector<int64_t>& dilation, int64_t OH, int64_t OW) {
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), R = (int64_t)runs.size() / 4;
-  int64_t K = 0;
-  for (int64_t q = 0; q < R; ++q) {
-    TORCH_CHECK(0 <= runs[4 * q + 2] && runs[4 * q + 2] <= runs[4 * q + 3] && runs[4 * q + 3] <= C,
-                "sepconv im2col: a run's channels lie outside the input's");
-    K += runs[4 * q + 3] - runs[4 * q + 2];
+// channels c0..c1 (zero outside the input), K values in all. x is channels_last (B, C, H, W).
+// A dense convolution takes every tap's channels [0, C) in kernel order; a versatile layer
+// orders them by channel segment and ring.
+struct Im2col {
+  const at::Tensor& x;
+  const std::vector<int64_t>& runs, &stride, &pad, &dilation;
+  int64_t OH, OW, K = 0;
+
+  Im2col(const at::Tensor& x, const std::vector<int64_t>& runs, const std::vector<int64_t>& stride,
+         const std::vector<int64_t>& pad, const std::vector<int64_t>& dilation, int64_t OH, int64_t OW)
+      : x(x), runs(runs), stride(stride), pad(pad), dilation(dilation), OH(OH), OW(OW) {
+    for (size_t q = 0; q < runs.size(); q += 4) {
+      TORCH_CHECK(0 <= runs[q + 2] && runs[q + 2] <= runs[q + 3] && runs[q + 3] <= x.size(1),
+                  "sepconv im2col: a run's channels lie outside the input's");
+      K += runs[q + 3] - runs[q + 2];
+    }
   }
-  auto rows = at::empty({B, OH, OW, K}, x.options());
-  // (element loops, not memcpy: a 3-channel stem copies 12-36 bytes at a time, where a call
-  // per copy cost more than the GEMM)
-  auto gather = [&](auto* dst, const auto* src) {
-    at::parallel_for(0, B * OH, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t n = r / OH, oh = r % OH;
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          auto* out = dst + (r * OW + ow) * K;
-          for (int64_t q = 0; q < R; ++q) {
-            const int64_t ih = oh * stride[0] - pad[0] + runs[4 * q] * dilation[0];
-            const int64_t iw = ow * stride[1] - pad[2] + runs[4 * q + 1] * dilation[1];
-            const int64_t c0 = runs[4 * q + 2], width = runs[4 * q + 3] - c0;
-            if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
-              for (int64_t c = 0; c < width; ++c) out[c] = {};
-            } else {
-              const auto* in = src + ((n * H + ih) * W + iw) * C + c0;
-              for (int64_t c = 0; c < width; ++c) out[c] = in[c];
-            }
-            out += width;
-          }
+
+  // Rows [m0, m1) (output pixels in (n, oh, ow) order) into dst, K values each. (Element
+  // loops, not memcpy: a 3-channel stem copies 12-36 bytes at a time, where a call per copy
+  // cost more than the GEMM.)
+  template <typename T> void rows(T* dst, int64_t m0, int64_t m1) const {
+    const int64_t C = x.size(1), H = x.size(2), W = x.size(3), R = (int64_t)runs.size() / 4;
+    const T* src = static_cast<const T*>(x.data_ptr());
+    for (int64_t m = m0; m < m1; ++m) {
+      const int64_t n = m / (OH * OW), oh = m / OW % OH, ow = m % OW;
+      T* out = dst + (m - m0) * K;
+      for (int64_t q = 0; q < R; ++q) {
+        const int64_t ih = oh * stride[0] - pad[0] + runs[4 * q] * dilation[0];
+        const int64_t iw = ow * stride[1] - pad[2] + runs[4 * q + 1] * dilation[1];
+        const int64_t c0 = runs[4 * q + 2], width = runs[4 * q + 3] - c0;
+        if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+          for (int64_t c = 0; c < width; ++c) out[c] = {};
+        } else {
+          const T* in = src + ((n * H + ih) * W + iw) * C + c0;
+          for (int64_t c = 0; c < width; ++c) out[c] = in[c];
         }
+        out += width;
       }
+    }
+  }
+
+  at::Tensor all() const {   // (B, OH, OW, K)
+    auto out = at::empty({x.size(0), OH, OW, K}, x.options());
+    const int64_t M = x.size(0) * OH * OW;
+    at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
+      if (x.scalar_type() == at::kBFloat16) rows(static_cast<uint16_t*>(out.data_ptr()) + m0 * K, m0, m1);
+      else rows(out.data_ptr<float>() + m0 * K, m0, m1);
     });
-  };
-  if (x.scalar_type() == at::kBFloat16)
-    gather(reinterpret_cast<uint16_t*>(rows.data_ptr()), reinterpret_cast<const uint16_t*>(x.data_ptr()));
-  else
-    gather(rows.data_ptr<float>(), x.data_ptr<float>());
-  return rows;
-}
+    return out;
+  }
+};
 
 static std::pair<int64_t, int64_t> conv_out_size(const at::Tensor& x, int64_t kh, int64_t kw,
                                                  const std::vector<int64_t>& stride, const std::vector<int64_t>& pad,
@@ -601,7 +610,7 @@ at::Tensor conv_gemm(const at::Tensor& x_in, const at::Tensor& packed, int64_t N
   std::vector<int64_t> runs;
   for (int64_t i = 0; i < kernel[0]; ++i)
     for (int64_t j = 0; j < kernel[1]; ++j) runs.insert(runs.end(), {i, j, 0, x.size(1)});
-  const at::Tensor rows = im2col_runs(x, runs, stride, pad, dilation, OH, OW);
+  const at::Tensor rows = Im2col(x, runs, stride, pad, dilation, OH, OW).all();
   c10::optional<at::Tensor> r;   // a channels_last (B, N, OH, OW) residual is (B, OH, OW, N) rows
   if (residual.has_value()) r = residual->contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1});
   const at::Tensor y = gemm(rows, packed, N, bias, r, false, act1, lo1, hi1, act2, lo2, hi2);
@@ -627,31 +636,48 @@ at::Tensor versatile_gemm(const at::Tensor& x_in, const at::Tensor& packed, int6
   TORCH_CHECK(runs.size() % 4 == 0 && calls.size() % 5 == 0 && kernel.size() == 2,
               "sepconv versatile_gemm: runs hold 4 ints each, calls 5, kernel is (kh, kw)");
   const auto [OH, OW] = conv_out_size(x, kernel[0], kernel[1], stride, pad, dilation, "sepconv versatile_gemm");
-  const at::Tensor rows = im2col_runs(x, runs, stride, pad, dilation, OH, OW);
-  const int64_t K = rows.size(3), M = rows.numel() / std::max<int64_t>(K, 1), ld = blocks * N;
+  const Im2col im2col(x, runs, stride, pad, dilation, OH, OW);
+  const int64_t K = im2col.K, M = x.size(0) * OH * OW, ld = blocks * N, item = x.element_size();
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   const auto& ks = kernels();
   TORCH_CHECK(!bf16 || ks.gemm_bf16, "sepconv versatile_gemm: this CPU has no bfloat16 dot products (AVX512-BF16)");
   for (const auto* t : {bias.has_value() ? &*bias : nullptr, scale.has_value() ? &*scale : nullptr})
     TORCH_CHECK(!t || (t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() >= ld + ks.gemm_nr),
                 "sepconv versatile_gemm: bias and scale are float32 with blocks * N + gemm_nr values");
-  auto y = at::empty({x.size(0), OH, OW, ld}, x.options());
-  const int64_t item = x.element_size();
-  for (size_t q = 0; q < calls.size(); q += 5) {
-    const int64_t k0 = calls[q], len = calls[q + 1], out = calls[q + 2], acc = calls[q + 3];
-    const bool final = calls[q + 4] != 0;
-    TORCH_CHECK(0 <= k0 && k0 + len <= K && 0 <= out && out < blocks && acc < blocks && (!bf16 || k0 % 2 == 0),
+  for (size_t q = 0; q < calls.size(); q += 5)
+    TORCH_CHECK(0 <= calls[q] && calls[q] + calls[q + 1] <= K && 0 <= calls[q + 2] && calls[q + 2] < blocks &&
+                calls[q + 3] < blocks && (!bf16 || calls[q] % 2 == 0),
                 "sepconv versatile_gemm: a call lies outside the rows or blocks (bfloat16: k0 even)");
-    GemmArgs g{M, N, len, static_cast<const char*>(rows.data_ptr()) + k0 * item, K,
-               static_cast<char*>(y.data_ptr()) + out * N * item, ld, nullptr, nullptr, 0,
-               final ? parse_act(act, lo, hi) : Act{}, Act{}};
-    if (acc >= 0) g.accum = static_cast<const char*>(y.data_ptr()) + acc * N * item, g.ldacc = ld;
-    if (final && bias.has_value()) g.bias = bias->data_ptr<float>() + out * N;
-    if (final && scale.has_value()) g.scale = scale->data_ptr<float>() + out * N;
-    g.ldb = K;
-    const void* b = static_cast<const char*>(packed.data_ptr()) + k0 * ks.gemm_nr * packed.element_size();
-    if (M) (bf16 ? ks.gemm_bf16 : ks.gemm_f32)(g, b);
-  }
+  auto y = at::empty({x.size(0), OH, OW, ld}, x.options());
+  char* yp = static_cast<char*>(y.data_ptr());
+  // Chunks of rows, each gathered into a buffer that stays in L2 while every call of the
+  // program multiplies it (the GEMMs run serially inside the chunk's thread): no im2col
+  // matrix goes through memory, and one parallel region serves the whole layer.
+  const int64_t threads = at::get_num_threads(), tile = ks.gemm_mr;
+  int64_t chunk = std::max<int64_t>(tile, (256 << 10) / std::max<int64_t>(K * item, 1) / tile * tile);
+  chunk = std::min(chunk, std::max<int64_t>(tile, (M + 2 * threads - 1) / (2 * threads) + tile - 1) / tile * tile);
+  const int64_t chunks = (M + chunk - 1) / chunk;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<char> buf(chunk * K * item);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t m0 = c * chunk, m1 = std::min(M, m0 + chunk);
+      if (bf16) im2col.rows(reinterpret_cast<uint16_t*>(buf.data()), m0, m1);
+      else im2col.rows(reinterpret_cast<float*>(buf.data()), m0, m1);
+      for (size_t q = 0; q < calls.size(); q += 5) {
+        const int64_t k0 = calls[q], len = calls[q + 1], out = calls[q + 2], acc = calls[q + 3];
+        const bool final = calls[q + 4] != 0;
+        char* c_rows = yp + (m0 * ld + out * N) * item;
+        GemmArgs g{m1 - m0, N, len, buf.data() + k0 * item, K, c_rows, ld, nullptr, nullptr, 0,
+                   final ? parse_act(act, lo, hi) : Act{}, Act{}};
+        if (acc >= 0) g.accum = yp + (m0 * ld + acc * N) * item, g.ldacc = ld;
+        if (final && bias.has_value()) g.bias = bias->data_ptr<float>() + out * N;
+        if (final && scale.has_value()) g.scale = scale->data_ptr<float>() + out * N;
+        g.ldb = K;
+        const void* b = static_cast<const char*>(packed.data_ptr()) + k0 * ks.gemm_nr * packed.element_size();
+        (bf16 ? ks.gemm_bf16 : ks.gemm_f32)(g, b);
+      }
+    }
+  });
   return y.permute({0, 3, 1, 2});
 }
 

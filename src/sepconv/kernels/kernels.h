@@ -87,6 +87,7 @@ struct KernelSet {
   // bfloat16 dot products: such calls go to ATen). Packed sizes: float32 panels * K * nr
   // floats, bfloat16 panels * ceil(K / 2) * 2 * nr halves, panels = ceil(N / nr).
   int gemm_nr;
+  int gemm_mr;   // rows per register tile
   GemmPackFn gemm_pack_f32;
   GemmFn gemm_f32;
   GemmPackFn gemm_pack_bf16;
