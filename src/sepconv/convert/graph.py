@@ -252,27 +252,7 @@ class Lowering:
             scale = (gamma.double() if gamma is not None else 1) / torch.sqrt(var.double() + eps)
             shift = (beta.double() if beta is not None else 0) - mean.double() * scale
             producer = x if isinstance(x, fx.Node) else None
-            if self._fold_into_versatile(producer, scale, shift):
-                for out in outs:
-                    out.replace_all_uses_with(producer)
-                    self.graph.erase_node(out)
-                self.graph.erase_node(bn)
-                self.folded_bn += 1
-                continue
-            foldable = (producer is not None and producer.op == "call_function"
-                        and producer.target in (aten.conv2d.default, aten.linear.default)
-                        and len(producer.users) == 1 and self.const(producer.args[1]) is not None
-                        and (len(producer.args) < 3 or producer.args[2] is None or self.const(producer.args[2]) is not None))
-            if foldable:
-                wt = self.const(producer.args[1])
-                bias = self.const(producer.args[2]) if len(producer.args) > 2 else None
-                view = (-1,) + (1,) * (wt.dim() - 1)
-                new_w = (wt.double() * scale.view(view)).to(wt.dtype)
-                new_b = ((bias.double() if bias is not None else 0) * scale + shift).to(wt.dtype)
-                args = list(producer.args) + [None] * (3 - len(producer.args))
-                args[1] = self.add_const(new_w, producer)
-                args[2] = self.add_const(new_b, producer)
-                producer.args = tuple(args)
+            if self._fold_into_versatile(producer, scale, shift) or self._fold_into_weights(producer, scale, shift):
                 for out in outs:
                     out.replace_all_uses_with(producer)
                     self.graph.erase_node(out)
@@ -291,6 +271,26 @@ class Lowering:
             self.graph.erase_node(bn)
             self.rows.append({"layer": _module_path(bn), "op": "BatchNorm (not after a convolution)",
                               "became": "per-channel scale and shift (ATen)"})
+
+    def _fold_into_weights(self, producer, scale, shift) -> bool:
+        """A batch norm after a convolution or linear layer with constant weights: scaled into
+        them, exactly (in float64)."""
+        foldable = (producer is not None and producer.op == "call_function"
+                    and producer.target in (aten.conv2d.default, aten.linear.default)
+                    and len(producer.users) == 1 and self.const(producer.args[1]) is not None
+                    and (len(producer.args) < 3 or producer.args[2] is None or self.const(producer.args[2]) is not None))
+        if not foldable:
+            return False
+        wt = self.const(producer.args[1])
+        bias = self.const(producer.args[2]) if len(producer.args) > 2 else None
+        view = (-1,) + (1,) * (wt.dim() - 1)
+        new_w = (wt.double() * scale.view(view)).to(wt.dtype)
+        new_b = ((bias.double() if bias is not None else 0) * scale + shift).to(wt.dtype)
+        args = list(producer.args) + [None] * (3 - len(producer.args))
+        args[1] = self.add_const(new_w, producer)
+        args[2] = self.add_const(new_b, producer)
+        producer.args = tuple(args)
+        return True
 
     def _fold_into_versatile(self, producer, scale, shift) -> bool:
         """A batch norm after a versatile layer becomes its per-channel scale and bias (its

@@ -572,16 +572,6 @@ struct Im2col {
       }
     }
   }
-
-  at::Tensor all() const {   // (B, OH, OW, K)
-    auto out = at::empty({x.size(0), OH, OW, K}, x.options());
-    const int64_t M = x.size(0) * OH * OW;
-    at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
-      if (x.scalar_type() == at::kBFloat16) rows(static_cast<uint16_t*>(out.data_ptr()) + m0 * K, m0, m1);
-      else rows(out.data_ptr<float>() + m0 * K, m0, m1);
-    });
-    return out;
-  }
 };
 
 static std::pair<int64_t, int64_t> conv_out_size(const at::Tensor& x, int64_t kh, int64_t kw,
@@ -595,64 +585,49 @@ static std::pair<int64_t, int64_t> conv_out_size(const at::Tensor& x, int64_t kh
   return {OH, OW};
 }
 
-// A dense convolution (groups 1) as im2col + the native GEMM: x (B, C, H, W) is gathered into
-// rows of kh * kw * C values (kernel row, column, channel; zero outside the padded input),
-// which `packed` (from gemm_pack of the weight permuted to (N, kh, kw, C)) multiplies. `pad` is
-// (top, bottom, left, right). The epilogue is gemm's. y is (B, N, OH, OW) channels_last.
-at::Tensor conv_gemm(const at::Tensor& x_in, const at::Tensor& packed, int64_t N, const c10::optional<at::Tensor>& bias,
-                     const c10::optional<at::Tensor>& residual, std::vector<int64_t> kernel,
-                     std::vector<int64_t> stride, std::vector<int64_t> pad, std::vector<int64_t> dilation,
-                     const std::string& act1, double lo1, double hi1, const std::string& act2, double lo2, double hi2) {
-  RECORD_FUNCTION("sepconv::conv_gemm", c10::ArrayRef<const c10::IValue>{});
+// A program of GEMM calls on the im2col rows of x (Im2col, by `runs`): `packed` is gemm_pack of
+// an (N, K) weight whose columns follow the runs, so a call on columns [k0, k0 + len) is one
+// part of the convolution. `calls` holds 5 ints per call: k0, len, out_block, accum_block (-1:
+// none), final. Block b is output channels [b * N, (b + 1) * N); a call adds the accum block's
+// partial sums; a final call applies the epilogue: * scale + bias, act1, + residual, act2
+// (bias and scale float32 per output channel, padded to whole GEMM panels; residual like y).
+// The rows go in chunks gathered into a buffer that stays in L2 while every call multiplies it
+// (the GEMMs run serially inside the chunk's thread): no im2col matrix goes through memory,
+// and one parallel region serves the layer. y is (B, blocks * N, OH, OW) channels_last.
+static at::Tensor gemm_program(const char* who, const at::Tensor& x_in, const at::Tensor& packed, int64_t N,
+                               int64_t blocks, const c10::optional<at::Tensor>& bias,
+                               const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& residual,
+                               const std::vector<int64_t>& runs, const std::vector<int64_t>& calls,
+                               const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
+                               const std::vector<int64_t>& pad, const std::vector<int64_t>& dilation, Act act1,
+                               Act act2) {
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
-  TORCH_CHECK(kernel.size() == 2, "sepconv conv_gemm: kernel is (kh, kw)");
-  const auto [OH, OW] = conv_out_size(x, kernel[0], kernel[1], stride, pad, dilation, "sepconv conv_gemm");
-  std::vector<int64_t> runs;
-  for (int64_t i = 0; i < kernel[0]; ++i)
-    for (int64_t j = 0; j < kernel[1]; ++j) runs.insert(runs.end(), {i, j, 0, x.size(1)});
-  const at::Tensor rows = Im2col(x, runs, stride, pad, dilation, OH, OW).all();
-  c10::optional<at::Tensor> r;   // a channels_last (B, N, OH, OW) residual is (B, OH, OW, N) rows
-  if (residual.has_value()) r = residual->contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1});
-  const at::Tensor y = gemm(rows, packed, N, bias, r, false, act1, lo1, hi1, act2, lo2, hi2);
-  return y.permute({0, 3, 1, 2});   // (B, N, OH, OW) view of the (B, OH, OW, N) rows: channels_last
-}
-
-// A versatile convolution (functional/versatile.py) as im2col by `runs` + a program of GEMM
-// calls on the rows' column ranges: `packed` is gemm_pack of the primary filters (N, K) in the
-// runs' order, so a call on columns [k0, k0 + len) is one sub-filter over one channel segment.
-// `calls` holds 5 ints per call: k0, len, out_block, accum_block (-1: none), final. Block b is
-// output channels [b * N, (b + 1) * N); a final call adds its block's bias after its scale and
-// applies `act`. bias and scale are float32 (blocks * N, padded by one GEMM panel) or None.
-// y is (B, blocks * N, OH, OW) channels_last.
-at::Tensor versatile_gemm(const at::Tensor& x_in, const at::Tensor& packed, int64_t N, int64_t blocks,
-                          const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
-                          std::vector<int64_t> runs, std::vector<int64_t> calls, std::vector<int64_t> kernel,
-                          std::vector<int64_t> stride, std::vector<int64_t> pad, std::vector<int64_t> dilation,
-                          const std::string& act, double lo, double hi) {
-  RECORD_FUNCTION("sepconv::versatile_gemm", c10::ArrayRef<const c10::IValue>{});
-  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
-  TORCH_CHECK(x.scalar_type() == packed.scalar_type(), "sepconv versatile_gemm: input dtype ", x.scalar_type(),
+  TORCH_CHECK(x.scalar_type() == packed.scalar_type(), who, ": input dtype ", x.scalar_type(),
               " differs from the packed weight's ", packed.scalar_type());
   TORCH_CHECK(runs.size() % 4 == 0 && calls.size() % 5 == 0 && kernel.size() == 2,
-              "sepconv versatile_gemm: runs hold 4 ints each, calls 5, kernel is (kh, kw)");
-  const auto [OH, OW] = conv_out_size(x, kernel[0], kernel[1], stride, pad, dilation, "sepconv versatile_gemm");
+              who, ": runs hold 4 ints each, calls 5, kernel is (kh, kw)");
+  const auto [OH, OW] = conv_out_size(x, kernel[0], kernel[1], stride, pad, dilation, who);
   const Im2col im2col(x, runs, stride, pad, dilation, OH, OW);
   const int64_t K = im2col.K, M = x.size(0) * OH * OW, ld = blocks * N, item = x.element_size();
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   const auto& ks = kernels();
-  TORCH_CHECK(!bf16 || ks.gemm_bf16, "sepconv versatile_gemm: this CPU has no bfloat16 dot products (AVX512-BF16)");
+  TORCH_CHECK(!bf16 || ks.gemm_bf16, who, ": this CPU has no bfloat16 dot products (AVX512-BF16)");
+  const int64_t vec_len = (blocks - 1) * N + (N + ks.gemm_nr - 1) / ks.gemm_nr * ks.gemm_nr;
   for (const auto* t : {bias.has_value() ? &*bias : nullptr, scale.has_value() ? &*scale : nullptr})
-    TORCH_CHECK(!t || (t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() >= ld + ks.gemm_nr),
-                "sepconv versatile_gemm: bias and scale are float32 with blocks * N + gemm_nr values");
+    TORCH_CHECK(!t || (t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() >= vec_len),
+                who, ": bias and scale are float32, padded to whole GEMM panels");
   for (size_t q = 0; q < calls.size(); q += 5)
     TORCH_CHECK(0 <= calls[q] && calls[q] + calls[q + 1] <= K && 0 <= calls[q + 2] && calls[q + 2] < blocks &&
                 calls[q + 3] < blocks && (!bf16 || calls[q] % 2 == 0),
-                "sepconv versatile_gemm: a call lies outside the rows or blocks (bfloat16: k0 even)");
+                who, ": a call lies outside the rows or blocks (bfloat16: k0 even)");
   auto y = at::empty({x.size(0), OH, OW, ld}, x.options());
+  at::Tensor r;   // a channels_last (B, ld, OH, OW) residual is (B, OH, OW, ld) rows
+  if (residual.has_value()) {
+    r = residual->contiguous(at::MemoryFormat::ChannelsLast);
+    TORCH_CHECK(r.dim() == 4 && r.size(0) == x.size(0) && r.size(1) == ld && r.size(2) == OH && r.size(3) == OW &&
+                r.scalar_type() == x.scalar_type(), who, ": residual must have the output's shape and dtype");
+  }
   char* yp = static_cast<char*>(y.data_ptr());
-  // Chunks of rows, each gathered into a buffer that stays in L2 while every call of the
-  // program multiplies it (the GEMMs run serially inside the chunk's thread): no im2col
-  // matrix goes through memory, and one parallel region serves the whole layer.
   const int64_t threads = at::get_num_threads(), tile = ks.gemm_mr;
   int64_t chunk = std::max<int64_t>(tile, (256 << 10) / std::max<int64_t>(K * item, 1) / tile * tile);
   chunk = std::min(chunk, std::max<int64_t>(tile, (M + 2 * threads - 1) / (2 * threads) + tile - 1) / tile * tile);
@@ -666,12 +641,12 @@ at::Tensor versatile_gemm(const at::Tensor& x_in, const at::Tensor& packed, int6
       for (size_t q = 0; q < calls.size(); q += 5) {
         const int64_t k0 = calls[q], len = calls[q + 1], out = calls[q + 2], acc = calls[q + 3];
         const bool final = calls[q + 4] != 0;
-        char* c_rows = yp + (m0 * ld + out * N) * item;
-        GemmArgs g{m1 - m0, N, len, buf.data() + k0 * item, K, c_rows, ld, nullptr, nullptr, 0,
-                   final ? parse_act(act, lo, hi) : Act{}, Act{}};
+        GemmArgs g{m1 - m0, N, len, buf.data() + k0 * item, K, yp + (m0 * ld + out * N) * item, ld, nullptr,
+                   nullptr, 0, final ? act1 : Act{}, final ? act2 : Act{}};
         if (acc >= 0) g.accum = yp + (m0 * ld + acc * N) * item, g.ldacc = ld;
         if (final && bias.has_value()) g.bias = bias->data_ptr<float>() + out * N;
         if (final && scale.has_value()) g.scale = scale->data_ptr<float>() + out * N;
+        if (final && r.defined()) g.residual = static_cast<const char*>(r.data_ptr()) + (m0 * ld + out * N) * item, g.ldr = ld;
         g.ldb = K;
         const void* b = static_cast<const char*>(packed.data_ptr()) + k0 * ks.gemm_nr * packed.element_size();
         (bf16 ? ks.gemm_bf16 : ks.gemm_f32)(g, b);
@@ -679,6 +654,36 @@ at::Tensor versatile_gemm(const at::Tensor& x_in, const at::Tensor& packed, int6
     }
   });
   return y.permute({0, 3, 1, 2});
+}
+
+// A dense convolution (groups 1) as im2col + the native GEMM: x (B, C, H, W) is gathered into
+// rows of kh * kw * C values (kernel row, column, channel; zero outside the padded input),
+// which `packed` (from gemm_pack of the weight permuted to (N, kh, kw, C)) multiplies. `pad` is
+// (top, bottom, left, right). The epilogue is gemm's. y is (B, N, OH, OW) channels_last.
+at::Tensor conv_gemm(const at::Tensor& x, const at::Tensor& packed, int64_t N, const c10::optional<at::Tensor>& bias,
+                     const c10::optional<at::Tensor>& residual, std::vector<int64_t> kernel,
+                     std::vector<int64_t> stride, std::vector<int64_t> pad, std::vector<int64_t> dilation,
+                     const std::string& act1, double lo1, double hi1, const std::string& act2, double lo2, double hi2) {
+  RECORD_FUNCTION("sepconv::conv_gemm", c10::ArrayRef<const c10::IValue>{});
+  TORCH_CHECK(kernel.size() == 2 && x.dim() == 4, "sepconv conv_gemm: x is (B, C, H, W), kernel (kh, kw)");
+  std::vector<int64_t> runs;
+  for (int64_t i = 0; i < kernel[0]; ++i)
+    for (int64_t j = 0; j < kernel[1]; ++j) runs.insert(runs.end(), {i, j, 0, x.size(1)});
+  return gemm_program("sepconv conv_gemm", x, packed, N, 1, bias, c10::nullopt, residual, runs,
+                      {0, kernel[0] * kernel[1] * x.size(1), 0, -1, 1}, kernel, stride, pad, dilation,
+                      parse_act(act1, lo1, hi1), parse_act(act2, lo2, hi2));
+}
+
+// A versatile convolution (functional/versatile.py): a program of one call per nested
+// sub-filter and channel segment, windows summed through partial sums; `act` is applied last.
+at::Tensor versatile_gemm(const at::Tensor& x, const at::Tensor& packed, int64_t N, int64_t blocks,
+                          const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
+                          std::vector<int64_t> runs, std::vector<int64_t> calls, std::vector<int64_t> kernel,
+                          std::vector<int64_t> stride, std::vector<int64_t> pad, std::vector<int64_t> dilation,
+                          const std::string& act, double lo, double hi) {
+  RECORD_FUNCTION("sepconv::versatile_gemm", c10::ArrayRef<const c10::IValue>{});
+  return gemm_program("sepconv versatile_gemm", x, packed, N, blocks, bias, scale, c10::nullopt, runs, calls, kernel,
+                      stride, pad, dilation, parse_act(act, lo, hi), Act{});
 }
 
 // Global average pooling of (B, C, H, W) to (B, C, 1, 1) (`keepdim`) or (B, C), summed in
