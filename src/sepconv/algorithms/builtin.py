@@ -67,10 +67,10 @@ register(Algorithm(
     "native", "C++ NHWC direct kernel (AVX-512/AVX2/baseline, chosen at load), fwd+bwd, CPU", ops.run, **NATIVE))
 register(Algorithm(
     "native_winograd_f2x2", "C++ NHWC 2-D Winograd F(2x2,3x3) (16 multiplies per 4 outputs), inference, CPU",
-    ops.run_winograd_2d(2), **{**NATIVE_WINOGRAD, "error_eps": F2X2_EPS}))
+    winograd.run_winograd_2d(2), **{**NATIVE_WINOGRAD, "error_eps": F2X2_EPS}))
 register(Algorithm(
     "native_winograd_f4x4", "C++ NHWC 2-D Winograd F(4x4,3x3) (36 multiplies per 16 outputs), inference, CPU",
-    ops.run_winograd_2d(4), **{**NATIVE_WINOGRAD, "error_eps": F4X4_EPS}))
+    winograd.run_winograd_2d(4), **{**NATIVE_WINOGRAD, "error_eps": F4X4_EPS}))
 register(Algorithm(
     "native_winograd_rows", "C++ NHWC row-wise Winograd F(2,3) (12 multiplies per 2 outputs), inference, CPU",
-    ops.run_winograd_rows, **NATIVE_WINOGRAD))
+    winograd.run_winograd_rows, **NATIVE_WINOGRAD))

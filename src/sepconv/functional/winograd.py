@@ -18,6 +18,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from ..kernels.ops import NO_ACT, Act
 from ..spec import ConvSpec
 from .direct import memory_format_of
 
@@ -235,3 +236,27 @@ def winograd_conv2d(x, weight, bias=None, padding=1, tile: int = 2, filters=None
     if bias is not None:
         y = y + bias.to(y.dtype).view(1, -1, 1, 1)
     return y.to(out_dtype).contiguous(memory_format=memory_format)
+
+
+# ---------------------------------------------------------------- runners of the native kernels
+# (the filter transform is this module's; the tile arithmetic is the extension's)
+
+def run_winograd_rows(x, weight, bias, spec: ConvSpec, act: Act = NO_ACT):
+    """Depthwise 3x3 (stride 1, dilation 1, multiplier 1) by the native row-wise F(2,3)
+    kernel, inference only; output in x's memory format."""
+    return _winograd(x, weight, bias, spec, act, tile=2, two_d=False)
+
+
+def run_winograd_2d(m: int):
+    """The runner of the native 2-D F(m x m, 3x3) kernel (m = 2 or 4): depthwise 3x3,
+    stride 1, dilation 1, multiplier 1, inference only; output in x's memory format."""
+    return lambda x, weight, bias, spec, act=NO_ACT: _winograd(x, weight, bias, spec, act, m, two_d=True)
+
+
+def _winograd(x, weight, bias, spec, act, tile, two_d):
+    _, g, _ = matrices(tile, torch.float32, "cpu")
+    w = weight[:, 0].float()
+    # U = G g G^T per channel as (n, n, C), or G applied to each kernel row as (3, 4, C)
+    u = (g @ w @ g.t() if two_d else w @ g.t()).permute(1, 2, 0).contiguous()
+    y = torch.ops.sepconv.winograd(x, u, bias, spec.padding, two_d, *act)
+    return y if spec.layout == "nhwc" else y.contiguous()
