@@ -628,14 +628,11 @@ static at::Tensor gemm_program(const char* who, const at::Tensor& x_in, const at
                 r.scalar_type() == x.scalar_type(), who, ": residual must have the output's shape and dtype");
   }
   char* yp = static_cast<char*>(y.data_ptr());
-  // Calls longer than KB columns go in K blocks, each adding to the partial sums of the one
-  // before, so that a tile's A rows stay in L2 over a block (a whole 7x7x512 K of 25088
-  // columns did not: 28 GMAC/s). Chunks take 256 KiB of rows of one block: a few tiles, with
-  // B streamed from L3 per chunk. (Blocks of 512 columns with 128-row chunks measured
-  // 1.2-1.6x slower on VGG and ResNet 3x3 layers: the chunk's rows left L2.)
-  constexpr int64_t KB = 4096;
+  // Chunks take 256 KiB of rows: a few tiles whose A rows stay in L2 while B streams from
+  // L3. (K blocks of 512 or 4096 columns adding to partial sums measured no gain here, and
+  // 128-row chunks 1.2-1.6x slower on VGG and ResNet 3x3 layers: the chunk left L2.)
   const int64_t threads = at::get_num_threads(), tile = ks.gemm_mr;
-  int64_t chunk = std::max<int64_t>(tile, (256 << 10) / (std::min(K, KB) * item) / tile * tile);
+  int64_t chunk = std::max<int64_t>(tile, (256 << 10) / std::max<int64_t>(K * item, 1) / tile * tile);
   chunk = std::min(chunk, std::max<int64_t>(tile, (M + 2 * threads - 1) / (2 * threads) + tile - 1) / tile * tile);
   const int64_t chunks = (M + chunk - 1) / chunk;
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
@@ -644,11 +641,9 @@ static at::Tensor gemm_program(const char* who, const at::Tensor& x_in, const at
       const int64_t m0 = c * chunk, m1 = std::min(M, m0 + chunk);
       if (bf16) im2col.rows(reinterpret_cast<uint16_t*>(buf.data()), m0, m1);
       else im2col.rows(reinterpret_cast<float*>(buf.data()), m0, m1);
-      for (size_t q = 0; q < calls.size(); q += 5)
-      for (int64_t kb = calls[q]; kb < calls[q] + std::max<int64_t>(calls[q + 1], 1); kb += KB) {
-        const int64_t k0 = kb, len = std::min(KB, calls[q] + calls[q + 1] - kb), out = calls[q + 2];
-        const int64_t acc = kb == calls[q] ? calls[q + 3] : out;
-        const bool final = calls[q + 4] != 0 && kb + KB >= calls[q] + calls[q + 1];
+      for (size_t q = 0; q < calls.size(); q += 5) {
+        const int64_t k0 = calls[q], len = calls[q + 1], out = calls[q + 2], acc = calls[q + 3];
+        const bool final = calls[q + 4] != 0;
         GemmArgs g{m1 - m0, N, len, buf.data() + k0 * item, K, yp + (m0 * ld + out * N) * item, ld, nullptr,
                    nullptr, 0, final ? act1 : Act{}, final ? act2 : Act{}};
         if (acc >= 0) g.accum = yp + (m0 * ld + acc * N) * item, g.ldacc = ld;
