@@ -13,6 +13,7 @@ from torch import nn
 from sepconv.convert import decompose, to_separable, to_versatile
 from sepconv.layers import DepthwiseSeparableConv2d, SpatiallySeparableConv2d, VersatileConv2d
 from sepconv.models.efficientnet import Conv2dSame
+from test_cli import run  # (argv, capsys) -> (exit code, stdout, stderr)
 
 CONVERSIONS = {
     "to_separable": (to_separable, DepthwiseSeparableConv2d),
@@ -251,17 +252,6 @@ def test_finetune_bad_arguments():
 
 
 # ------------------------------------------------------------------------- sepconv convert
-
-def run(argv, capsys):
-    from sepconv.cli import main
-
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 def test_cli_convert_zoo_model_writes_report_and_a_loadable_model(tmp_path, capsys):
     import json

@@ -27,7 +27,7 @@ import torch
 import torch.fx as fx
 
 from .. import kernels
-from ..functional.versatile import native_even, native_program, native_vector, native_weight, versatile_op
+from ..functional.versatile import NativeVersatile, native_even, versatile_op
 from ..kernels.ops import Act
 
 aten = torch.ops.aten
@@ -586,15 +586,14 @@ class Lowering:
             self.graph.erase_node(node)
 
     def _materialize_versatile(self, node, step, x, bf16) -> fx.Node:
-        C = kernels.load()
         spatial, delta, g = step.versatile
-        p, c, k, _ = step.weight.shape
-        runs, calls, blocks = native_program(c, k, spatial, delta, g)
-        packed = self.add_const(C.gemm_pack(native_weight(step.weight, spatial, delta, g), bf16), node)
-        b, s = (None if v is None else self.add_const(native_vector(v), node) for v in (step.bias, step.scale))
-        return self._call_before(node, C.versatile_gemm, (
-            x, packed, p, blocks, b, s, [v for r in runs for v in r], [v for q in calls for v in q], [k, k],
-            list(step.stride), list(step.pad), list(step.dilation), *step.act1))
+        nv = NativeVersatile(step.weight, step.bias, spatial, delta, g, scale=step.scale,
+                             dtype=torch.bfloat16 if bf16 else torch.float32)
+        packed = self.add_const(nv.packed, node)
+        b, s = (None if v is None else self.add_const(v, node) for v in (nv.bias, nv.scale))
+        return self._call_before(node, kernels.load().versatile_gemm, (
+            x, packed, nv.p, nv.blocks, b, s, nv.runs, nv.calls, [nv.k, nv.k], list(step.stride), list(step.pad),
+            list(step.dilation), *step.act1))
 
     def _call_before(self, node, target, args) -> fx.Node:
         with self.graph.inserting_before(node):
