@@ -42,11 +42,15 @@ def forced(name: str):
         _FORCED.reset(token)
 
 
+def capturing() -> bool:
+    """True while torch.jit or torch.compile captures a graph."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+
+
 def tracing(x) -> bool:
     """True while a graph is being captured: timing must not happen, and exporters need
     standard ops, so "auto" then means "reference"."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or isinstance(x, torch.fx.Proxy))
+    return capturing() or isinstance(x, torch.fx.Proxy)
 
 
 def _compiled_choice(spec_key: str) -> str:
@@ -91,7 +95,9 @@ _DISPATCH: OrderedDict = OrderedDict()
 
 
 def _dispatch_key(x, weight, bias, stride, padding, dilation, algorithm):
-    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)) or tracing(x) or _FORCED.get():
+    # (a tensor is no fx.Proxy: of tracing(x), capturing() is what remains to ask; it goes
+    # before the context variable, which torch.compile cannot read)
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)) or capturing() or _FORCED.get():
         return None
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                         or (bias is not None and bias.requires_grad))
