@@ -170,7 +170,9 @@ def test_optimize_folds_batchnorm_into_native_versatile(dtype, tmp_path):
     if dtype == torch.bfloat16 and not kernels.load().gemm_bf16_supported():
         pytest.skip("no bfloat16 dot products on this CPU")
     torch.manual_seed(0)
-    net = nn.Sequential(VersatileConv2d(8, 16, 3, padding=1, bias=False, delta=1, g=1), nn.BatchNorm2d(16),
+    # (delta = g = 2: bfloat16 packs k by pairs, so every call of the program starts at an even
+    # column; an odd start is refused, below)
+    net = nn.Sequential(VersatileConv2d(8, 16, 3, padding=1, bias=False, delta=2, g=2), nn.BatchNorm2d(16),
                         nn.ReLU(), VersatileConv2d(16, 32, 1, spatial=False, delta=2, g=2), nn.BatchNorm2d(32))
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -190,6 +192,10 @@ def test_optimize_folds_batchnorm_into_native_versatile(dtype, tmp_path):
     torch.testing.assert_close(opt(x).float(), want, **tol)
     sepconv.convert.save(opt, tmp_path / "v.pt")
     torch.testing.assert_close(sepconv.convert.load(tmp_path / "v.pt")(x), opt(x), rtol=0, atol=0)
+    if dtype == torch.bfloat16:
+        odd = nn.Sequential(VersatileConv2d(8, 16, 3, padding=1, delta=1, g=1)).eval()
+        row = sepconv.optimize_for_inference(odd, x, dtype=dtype).report.rows[0]
+        assert row["became"] == "ATen (bfloat16: a sub-filter starts at an odd column)"
 
 
 # ------------------------------------------------------------------------------ zoo

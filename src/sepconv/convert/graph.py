@@ -175,6 +175,8 @@ class Lowering:
         self._consts = 0
         self._native = kernels.is_available()
         self._gemm_bf16 = self._native and kernels.load().gemm_bf16_supported()
+        # which bfloat16 GEMM runs: AMX tiles or AVX512-BF16 dot products
+        self._bf16_note = f", bfloat16 on {kernels.load().gemm_bf16_kind().upper()}" if self._gemm_bf16 else ""
         for node in list(self.graph.nodes):   # export's shape guards: the wrapper checks shapes itself
             if node.op == "call_module" and node.target == "_guards_fn":
                 self.graph.erase_node(node)
@@ -547,7 +549,7 @@ class Lowering:
                 new = self._materialize_versatile(node, step, x, bf16)
                 fused = (["batch norm"] if step.scale is not None else []) + fused
                 step.row["became"] = (f"native versatile im2col + {len(new.args[7]) // 5} GEMM calls (weights packed"
-                                      f"{', bfloat16' if bf16 else ''})" + (f", {' + '.join(fused)} fused" if fused else ""))
+                                      f"{self._bf16_note if bf16 else ''})" + (f", {' + '.join(fused)} fused" if fused else ""))
             elif step.kind == "depthwise":
                 w = self.add_const(C.weight_hwc(step.weight), node)
                 b = None if step.bias is None else self.add_const(step.bias.float(), node)
@@ -569,7 +571,7 @@ class Lowering:
                 else:
                     new = self._call_before(node, C.gemm, (x, packed, n, b, residual, step.conv, *step.act1, *step.act2))
                 step.row["became"] = (("native im2col + GEMM" if dense else "native GEMM")
-                                      + f" (weight packed{', bfloat16' if bf16 else ''})"
+                                      + f" (weight packed{self._bf16_note if bf16 else ''})"
                                       + (", residual add fused" if step.residual else "")
                                       + (f", {' + '.join(fused)} fused" if fused else ""))
             else:

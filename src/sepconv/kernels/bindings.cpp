@@ -18,7 +18,32 @@
 
 #include "kernels.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace sepconv {
+
+#if defined(__x86_64__)
+// AMX needs the CPU's tiles (CPUID leaf 7: AMX-BF16 and AMX-TILE) and the kernel's leave to
+// use their 8 KiB of state, which Linux gives a process on request (arch_prctl
+// ARCH_REQ_XCOMP_PERM for XTILEDATA); SEPCONV_AMX=0 declines it.
+static bool amx_usable() {
+  const char* env = std::getenv("SEPCONV_AMX");
+  if (env && std::string(env) == "0") return false;
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) || !(d & (1u << 24))) return false;
+  constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+  return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+}
+#endif
+
+static KernelSet without_bf16(KernelSet set) {
+  set.gemm_bf16_kind = "none";
+  return set;
+}
 
 const KernelSet& kernels() {
   static const KernelSet chosen = [] {
@@ -31,12 +56,16 @@ const KernelSet& kernels() {
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (avx512 && (w.empty() || w == "avx512")) {
       KernelSet set = avx512::kernel_set();
-      if (!__builtin_cpu_supports("avx512bf16")) set.gemm_pack_bf16 = nullptr, set.gemm_bf16 = nullptr;
+      if (!__builtin_cpu_supports("avx512bf16")) {
+        set.gemm_pack_bf16 = nullptr, set.gemm_bf16 = nullptr, set.gemm_bf16_kind = "none";
+      } else if (set.gemm_bf16_amx && amx_usable()) {
+        set.gemm_bf16 = set.gemm_bf16_amx, set.gemm_bf16_kind = "amx", set.gemm_mr_bf16 = set.gemm_mr_amx;
+      }
       return set;
     }
-    if (avx2 && (w.empty() || w == "avx512" || w == "avx2")) return avx2::kernel_set();
+    if (avx2 && (w.empty() || w == "avx512" || w == "avx2")) return without_bf16(avx2::kernel_set());
 #endif
-    return generic::kernel_set();
+    return without_bf16(generic::kernel_set());
   }();
   return chosen;
 }
@@ -445,7 +474,7 @@ at::Tensor gemm_pack(const at::Tensor& weight, bool bf16) {
   const int64_t N = w.size(0), K = w.size(1), nr = kernels().gemm_nr, panels = (N + nr - 1) / nr;
   if (bf16) {
     TORCH_CHECK(kernels().gemm_bf16, "gemm_pack: this CPU has no bfloat16 dot products (AVX512-BF16)");
-    auto out = at::empty({panels * ((K + 1) / 2) * 2 * nr}, w.options().dtype(at::kBFloat16));
+    auto out = at::empty({panels * gemm_bf16_pairs(K) * 2 * nr}, w.options().dtype(at::kBFloat16));
     kernels().gemm_pack_bf16(w.data_ptr<float>(), N, K, out.data_ptr());
     return out;
   }
@@ -461,9 +490,9 @@ at::Tensor gemm_unpack(const at::Tensor& packed, int64_t N, int64_t K) {
   auto w = at::empty({N, K}, packed.options().dtype(at::kFloat));
   float* o = w.data_ptr<float>();
   if (packed.scalar_type() == at::kBFloat16) {
-    TORCH_CHECK(packed.numel() == panels * ((K + 1) / 2) * 2 * nr, "gemm_unpack: size mismatch");
+    const int64_t pairs = gemm_bf16_pairs(K);
+    TORCH_CHECK(packed.numel() == panels * pairs * 2 * nr, "gemm_unpack: size mismatch");
     const c10::BFloat16* p = packed.data_ptr<c10::BFloat16>();
-    const int64_t pairs = (K + 1) / 2;
     for (int64_t n = 0; n < N; ++n)
       for (int64_t k = 0; k < K; ++k)
         o[n * K + k] = static_cast<float>(p[(((n / nr) * pairs + k / 2) * nr + n % nr) * 2 + k % 2]);
@@ -631,7 +660,7 @@ static at::Tensor gemm_program(const char* who, const at::Tensor& x_in, const at
   // Chunks take 256 KiB of rows: a few tiles whose A rows stay in L2 while B streams from
   // L3. (K blocks of 512 or 4096 columns adding to partial sums measured no gain here, and
   // 128-row chunks 1.2-1.6x slower on VGG and ResNet 3x3 layers: the chunk left L2.)
-  const int64_t threads = at::get_num_threads(), tile = ks.gemm_mr;
+  const int64_t threads = at::get_num_threads(), tile = bf16 ? ks.gemm_mr_bf16 : ks.gemm_mr;
   int64_t chunk = std::max<int64_t>(tile, (256 << 10) / std::max<int64_t>(K * item, 1) / tile * tile);
   chunk = std::min(chunk, std::max<int64_t>(tile, (M + 2 * threads - 1) / (2 * threads) + tile - 1) / tile * tile);
   const int64_t chunks = (M + chunk - 1) / chunk;
@@ -796,6 +825,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("global_avg_pool", &sepconv::global_avg_pool, "mean over H and W of a channels_last tensor");
   m.def("depthwise_hwc", &sepconv::depthwise_hwc,
         "inference depthwise with a (kh, kw, C) float32 weight and (top, bottom, left, right) padding");
+  m.def("gemm_bf16_kind", [] { return std::string(sepconv::kernels().gemm_bf16_kind); },
+        "the bfloat16 GEMM this CPU runs: 'amx', 'avx512bf16' or 'none'");
   m.def("gemm_bf16_supported", [] { return sepconv::kernels().gemm_bf16 != nullptr; },
         "whether this CPU runs the bfloat16 GEMM (AVX512-BF16)");
   m.def("winograd_constants", &sepconv::winograd_constants, "the B^T rows then the A^T rows of F(m,3) the kernels use");

@@ -126,17 +126,17 @@ void gemm_unit(const GemmArgs& g, const T* a, const float* packed, int64_t m0, i
 
 // Work units: the rows are cut into chunks of mc and the panels into chunks of nc so that one
 // unit's A rows and B panels fit GEMM_UNIT_BYTES, with at least two units per thread; a unit
-// walks its rows MR at a time, each tile of rows against all its panels (the rows stay in L1,
+// walks its rows mr (GEMM_MR) at a time, each tile of rows against all its panels (the rows stay in L1,
 // the panels in L2). Units are split over threads. run(m0, m1, p0, p1) does one unit.
 template <typename Run>
-void gemm_schedule(const GemmArgs& g, int64_t a_item, int64_t b_item, Run run) {
+void gemm_schedule(const GemmArgs& g, int64_t a_item, int64_t b_item, Run run, int64_t mr = GEMM_MR) {
   const int64_t panels = gemm_panels(g.N), threads = at::get_num_threads();
   int64_t mc = g.M, nc = panels;   // rows, panels per unit
   auto bytes = [&] { return mc * g.K * a_item + nc * GEMM_NR * g.K * b_item; };
   auto units = [&] { return ((g.M + mc - 1) / mc) * ((panels + nc - 1) / nc); };
-  while ((bytes() > GEMM_UNIT_BYTES || units() < 2 * threads) && (mc > GEMM_MR || nc > 1)) {
-    if (nc > 1 && (nc * GEMM_NR * b_item >= mc * a_item || mc <= GEMM_MR)) nc = (nc + 1) / 2;
-    else mc = std::max<int64_t>(GEMM_MR, (mc / 2 + GEMM_MR - 1) / GEMM_MR * GEMM_MR);
+  while ((bytes() > GEMM_UNIT_BYTES || units() < 2 * threads) && (mc > mr || nc > 1)) {
+    if (nc > 1 && (nc * GEMM_NR * b_item >= mc * a_item || mc <= mr)) nc = (nc + 1) / 2;
+    else mc = std::max<int64_t>(mr, (mc / 2 + mr - 1) / mr * mr);
   }
   const int64_t row_chunks = (g.M + mc - 1) / mc, panel_chunks = (panels + nc - 1) / nc;
   at::parallel_for(0, row_chunks * panel_chunks, 1, [&](int64_t u0, int64_t u1) {
@@ -166,13 +166,14 @@ void gemm_f32(const GemmArgs& g, const void* packed) {
 #if SEPCONV_VL == 16 && defined(SEPCONV_TARGET)
 // bfloat16 with AVX512-BF16 dot products: vdpbf16ps adds a[k] b[k] + a[k+1] b[k+1] to each
 // float32 lane, so B is packed by pairs of k: per pair, NR columns x (k, k+1) as 2 * NR halves
-// (k = K zero when K is odd), and A is broadcast a pair (32 bits) at a time. Accumulation is
+// (k >= K zero; gemm_bf16_pairs(K) pairs per panel), and A is broadcast a pair (32 bits) at a
+// time. Accumulation is
 // float32; the epilogue is the float32 one, rounding C to bfloat16 once.
 #define SEPCONV_BF16_TARGET __attribute__((target(SEPCONV_TARGET ",avx512bf16")))
 
 void gemm_pack_bf16(const float* w, int64_t N, int64_t K, void* out) {
   uint16_t* o = static_cast<uint16_t*>(out);
-  const int64_t pairs = (K + 1) / 2;
+  const int64_t pairs = gemm_bf16_pairs(K);
   for (int64_t p = 0; p < gemm_panels(N); ++p)
     for (int64_t kp = 0; kp < pairs; ++kp)
       for (int j = 0; j < GEMM_NR; ++j)
@@ -228,7 +229,7 @@ SEPCONV_BF16_TARGET void gemm_tile_bf16(const GemmArgs& g, const void* a, const 
 template <bool PACKED>
 SEPCONV_BF16_TARGET void gemm_unit_bf16(const GemmArgs& g, const void* a, const uint16_t* packed, int64_t m0,
                                         int64_t m1, int64_t p0, int64_t p1) {
-  const int64_t panel_halves = ((g.ldb ? g.ldb : g.K) + 1) / 2 * 2 * GEMM_NR;
+  const int64_t panel_halves = gemm_bf16_pairs(g.ldb ? g.ldb : g.K) * 2 * GEMM_NR;
   for (int64_t m = m0; m < m1; m += GEMM_MR) {
     const void* rows = PACKED ? static_cast<const void*>(static_cast<const uint16_t*>(a) + m * g.K)
                               : static_cast<const void*>(static_cast<const uint16_t*>(a) + m * g.lda);
@@ -261,5 +262,120 @@ void gemm_bf16(const GemmArgs& g, const void* packed) {
       gemm_unit_bf16<false>(g, g.a, b, m0, m1, p0, p1);
     });
   }
+}
+
+// bfloat16 with AMX (Intel Advanced Matrix Extensions) where the CPU and the OS allow it:
+// TDPBF16PS adds a 16 x 32 tile of A times a 32 x 16 tile of B (pairs of k, as vdpbf16ps
+// takes them) to a 16 x 16 float32 tile. gemm_pack_bf16's panels serve it as they are: 16
+// pairs of a panel, starting at a multiple of 16, are two B tiles (columns 0-15 and 16-31,
+// pair rows 4 * NR bytes apart), and the panel's pairs past K are zero. A block of 32 rows x
+// one panel holds four accumulator tiles; per 32 k it loads two A tiles and two B tiles and
+// issues four TDPBF16PS. The tiles are then stored to a 4 KiB buffer and the float32 epilogue
+// writes C from there.
+// A's rows are read in place where they hold whole tiles; a block of fewer than 32 rows, or
+// a K that is no multiple of 32, is first copied into a buffer zeroed past its rows and past
+// K (A's zeros meet B's, so the last tile adds nothing but zeros). A call on columns of a
+// larger B (gemm_program's, ldb > K) has the next columns' weights past its K, not zeros:
+// there the k past the last whole 32 are added by vdpbf16ps, on the stored tiles.
+#define SEPCONV_AMX_TARGET __attribute__((target(SEPCONV_TARGET ",avx512bf16,amx-tile,amx-bf16")))
+constexpr int AMX_MR = 32;
+// Below this many rows the accumulator tiles are mostly empty: vdpbf16ps does the call.
+constexpr int64_t AMX_MIN_M = 16;
+
+struct alignas(64) AmxConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// Every tile 16 rows x 64 bytes: accumulators 0-3, A 4-5, B 6-7. Tile configuration belongs
+// to the thread, so each unit of work loads it and releases the tiles when done.
+SEPCONV_AMX_TARGET inline void amx_configure() {
+  AmxConfig cfg{};
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+  _tile_loadconfig(&cfg);
+}
+
+// Rows [m, m + rows) times one panel, written at columns [n0, n0 + ncols): `a` holds 32 rows
+// (stride lda halves) of `blocks` whole tiles of 32 k, after which the k up to K are added
+// with vdpbf16ps (none when the tiles cover K). buf: 32 x 32 floats.
+SEPCONV_AMX_TARGET void gemm_block_amx(const GemmArgs& g, const uint16_t* a, int64_t lda, int64_t blocks,
+                                       const uint16_t* panel, int64_t m, int rows, int64_t n0, int ncols,
+                                       float* buf) {
+  const int64_t stride_a = lda * 2, pair_row = 2 * GEMM_NR;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t kb = 0; kb < blocks; ++kb) {
+    const uint16_t* ak = a + kb * 32;
+    const uint16_t* bk = panel + kb * 16 * pair_row;
+    _tile_loadd(4, ak, stride_a);
+    _tile_loadd(5, ak + 16 * lda, stride_a);
+    _tile_loadd(6, bk, pair_row * 2);
+    _tile_loadd(7, bk + 32, pair_row * 2);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, buf, 128);
+  _tile_stored(1, buf + 16, 128);
+  _tile_stored(2, buf + 16 * 32, 128);
+  _tile_stored(3, buf + 16 * 32 + 16, 128);
+  const int64_t first = blocks * 16, pairs = g.K / 2;
+  const bool odd = first < (g.K + 1) / 2 && g.K % 2;
+  for (int r = 0; r < rows; ++r) {
+    __m512 c0 = _mm512_loadu_ps(buf + r * 32), c1 = _mm512_loadu_ps(buf + r * 32 + 16);
+    const uint16_t* ar = a + r * lda;
+    const uint16_t* bp = panel + first * pair_row;
+    for (int64_t kp = first; kp < pairs; ++kp, bp += pair_row) {
+      uint32_t pair;
+      std::memcpy(&pair, ar + 2 * kp, 4);
+      const __m512i av = _mm512_set1_epi32((int)pair);
+      c0 = _mm512_dpbf16_ps(c0, (__m512bh)av, (__m512bh)_mm512_loadu_si512(bp));
+      c1 = _mm512_dpbf16_ps(c1, (__m512bh)av, (__m512bh)_mm512_loadu_si512(bp + GEMM_NR));
+    }
+    if (odd) {   // the last k alone: its pair's second half is zero in B, and here in A
+      const __m512i av = _mm512_set1_epi32((int)ar[g.K - 1]);
+      c0 = _mm512_dpbf16_ps(c0, (__m512bh)av, (__m512bh)_mm512_loadu_si512(bp));
+      c1 = _mm512_dpbf16_ps(c1, (__m512bh)av, (__m512bh)_mm512_loadu_si512(bp + GEMM_NR));
+    }
+    gemm_store_row<bf16>((vf)c0, (vf)c1, g, m + r, n0, ncols);
+  }
+}
+
+SEPCONV_AMX_TARGET void gemm_unit_amx(const GemmArgs& g, const uint16_t* a, const uint16_t* packed, int64_t m0,
+                                      int64_t m1, int64_t p0, int64_t p1) {
+  const int64_t panel_halves = gemm_bf16_pairs(g.ldb ? g.ldb : g.K) * 2 * GEMM_NR;
+  const bool whole = g.ldb == 0 || g.ldb == g.K;     // zeros past K in B
+  const int64_t kpad = (g.K + 31) / 32 * 32;
+  const int64_t blocks = whole ? kpad / 32 : g.K / 32;
+  alignas(64) float buf[AMX_MR * GEMM_NR];
+  std::vector<uint16_t> copy;
+  amx_configure();
+  for (int64_t m = m0; m < m1; m += AMX_MR) {
+    const int rows = (int)std::min<int64_t>(AMX_MR, m1 - m);
+    const uint16_t* rows_a = a + m * g.lda;
+    int64_t lda = g.lda;
+    if (rows < AMX_MR || (whole && kpad != g.K)) {
+      copy.assign(AMX_MR * kpad, 0);
+      for (int r = 0; r < rows; ++r) std::memcpy(copy.data() + r * kpad, rows_a + r * g.lda, g.K * 2);
+      rows_a = copy.data(), lda = kpad;
+    }
+    for (int64_t p = p0; p < p1; ++p)
+      gemm_block_amx(g, rows_a, lda, blocks, packed + p * panel_halves, m, rows, p * GEMM_NR,
+                     (int)std::min<int64_t>(GEMM_NR, g.N - p * GEMM_NR), buf);
+  }
+  _tile_release();
+}
+
+void gemm_bf16_amx(const GemmArgs& g, const void* packed) {
+  if (g.M < AMX_MIN_M) return gemm_bf16(g, packed);
+  const uint16_t* b = static_cast<const uint16_t*>(packed);
+  gemm_schedule(g, 2, 2, [&](int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+    gemm_unit_amx(g, static_cast<const uint16_t*>(g.a), b, m0, m1, p0, p1);
+  }, AMX_MR);
 }
 #endif

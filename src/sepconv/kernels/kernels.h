@@ -55,6 +55,9 @@ struct GemmArgs {
   int64_t ldb = 0;               // K rows between B's panels, 0 for K (>K: rows [k0, k0 + K) of a larger B)
 };
 using GemmFn = void (*)(const GemmArgs& g, const void* packed);
+// Pairs of k in a packed bfloat16 panel: ceil(K / 2) rounded up to whole AMX tiles of 16
+// pairs (the padding zero), so that a tile of the last k never reads past its panel.
+inline int64_t gemm_bf16_pairs(int64_t K) { return ((K + 1) / 2 + 15) / 16 * 16; }
 // w: (N, K) row-major float32 (a Linear or 1x1 convolution weight) -> the set's packed layout.
 using GemmPackFn = void (*)(const float* w, int64_t N, int64_t K, void* out);
 
@@ -85,13 +88,20 @@ struct KernelSet {
   const WinogradVariant* winograd; int n_winograd;
   // GEMM: columns per packed panel; float32 (every set) and bfloat16 (null where the CPU has no
   // bfloat16 dot products: such calls go to ATen). Packed sizes: float32 panels * K * nr
-  // floats, bfloat16 panels * ceil(K / 2) * 2 * nr halves, panels = ceil(N / nr).
+  // floats, bfloat16 panels * gemm_bf16_pairs(K) * 2 * nr halves, panels = ceil(N / nr).
   int gemm_nr;
   int gemm_mr;   // rows per register tile
   GemmPackFn gemm_pack_f32;
   GemmFn gemm_f32;
   GemmPackFn gemm_pack_bf16;
   GemmFn gemm_bf16;
+  // The bfloat16 GEMM on AMX tiles (same packing; null where not built). kernels() makes it
+  // gemm_bf16 where the CPU has AMX and the OS grants its tile state, and sets the name and
+  // the rows per tile of the bfloat16 GEMM that runs.
+  GemmFn gemm_bf16_amx;
+  int gemm_mr_amx;
+  const char* gemm_bf16_kind = "avx512bf16";
+  int gemm_mr_bf16 = 0;
 };
 
 // The variant serving (kh, kw, stride, dilation, dtype): the first specialised row that

@@ -40,9 +40,9 @@ const Variant<BackwardFn> BACKWARD[] = {
 const WinogradVariant WINOGRAD[] = {SEPCONV_DTYPES(WINO, 0)};
 
 #if SEPCONV_VL == 16 && defined(SEPCONV_TARGET)
-#define SEPCONV_GEMM_BF16 gemm_pack_bf16, gemm_bf16
+#define SEPCONV_GEMM_BF16 gemm_pack_bf16, gemm_bf16, gemm_bf16_amx, AMX_MR
 #else
-#define SEPCONV_GEMM_BF16 nullptr, nullptr
+#define SEPCONV_GEMM_BF16 nullptr, nullptr, nullptr, 0
 #endif
 
 #define SEPCONV_COUNT(a) int(sizeof(a) / sizeof((a)[0]))
@@ -53,7 +53,7 @@ const KernelSet& kernel_set() {
                              GRAD_INPUT, SEPCONV_COUNT(GRAD_INPUT),
                              BACKWARD, SEPCONV_COUNT(BACKWARD),
                              WINOGRAD, SEPCONV_COUNT(WINOGRAD),
-                             GEMM_NR, GEMM_MR, gemm_pack_f32, gemm_f32, SEPCONV_GEMM_BF16};
+                             GEMM_NR, GEMM_MR, gemm_pack_f32, gemm_f32, SEPCONV_GEMM_BF16, "avx512bf16", GEMM_MR};
   return set;
 }
 #undef SEPCONV_GEMM_BF16

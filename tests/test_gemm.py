@@ -1,0 +1,117 @@
+"""The native GEMM (1x1 convolutions, linear layers, im2col programs) against float64: float32,
+and bfloat16 on whichever kernel this CPU runs (AMX tiles, AVX512-BF16 dot products), every
+tail of rows, columns and k, each epilogue. A bfloat16 call multiplies bfloat16 operands with
+float32 accumulation and rounds C once, so the reference is the float64 product of the
+bfloat16-rounded operands."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sepconv import kernels
+
+pytestmark = pytest.mark.skipif(not kernels.is_available(), reason="native kernels unavailable")
+C = kernels.load() if kernels.is_available() else None
+needs_bf16 = pytest.mark.skipif(C is None or not C.gemm_bf16_supported(), reason="no bfloat16 GEMM on this CPU")
+
+# rows: below the AMX minimum (16), one tile, a tile and one, a block (32) and its neighbours;
+# k: below a pair, odd, below a tile (32), a tile, past one, long; columns: below, at and past a panel
+MS = (1, 7, 16, 17, 31, 32, 33, 100)
+KS = (1, 7, 16, 24, 27, 32, 33, 45, 64, 144, 520)
+NS = (1, 10, 32, 33, 70)
+
+
+def _within(y, want, abs_sum, terms, dtype):
+    """Recursive float32 summation of `terms` products (2 terms eps32 times the sum of their
+    absolute values, `abs_sum`), then, for bfloat16, one rounding of the result (half an ulp)."""
+    bound = 2 * terms * torch.finfo(torch.float32).eps * abs_sum
+    if dtype == torch.bfloat16:
+        bound = bound + torch.finfo(torch.bfloat16).eps / 2 * (want.abs() + bound)
+    return y.dtype == dtype and bool(((y.double() - want).abs() <= bound + 1e-30).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16)], ids=str)
+@pytest.mark.parametrize("M", MS)
+@pytest.mark.parametrize("K", KS)
+def test_gemm_tails(M, K, dtype):
+    g = torch.Generator().manual_seed(M * 1000 + K)
+    for N in NS:
+        w = torch.randn(N, K, generator=g)
+        x = torch.randn(M, K, generator=g).to(dtype)
+        bias = torch.randn(N, generator=g)
+        packed = C.gemm_pack(w, dtype == torch.bfloat16)
+        y = C.gemm(x, packed, N, C.gemm_bias(bias), None, False, "relu", 0.0, 0.0, "none", 0.0, 0.0)
+        a64, b64 = x.double(), w.to(dtype).double()
+        want = (a64 @ b64.T + bias.double()).relu()
+        assert _within(y, want, a64.abs() @ b64.abs().T + bias.double().abs(), K + 1, dtype), (M, N, K)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16)], ids=str)
+def test_gemm_epilogues_as_a_1x1_convolution(dtype):
+    # y = act2(act1(conv1x1(x) + bias) + residual) on channels_last (B, K, H, W)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 40, 9, 7, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    w, bias = torch.randn(48, 40, generator=g), torch.randn(48, generator=g)
+    r = torch.randn(2, 48, 9, 7, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    packed = C.gemm_pack(w, dtype == torch.bfloat16)
+    w64 = w.to(dtype).double()[:, :, None, None]
+    conv = F.conv2d(x.double(), w64, bias.double())
+    abs_conv = F.conv2d(x.double().abs(), w64.abs(), bias.double().abs())
+    for act1, act2, want, abs_sum in [
+            (("clamp", 0.0, 6.0), ("none", 0.0, 0.0), conv.clamp(0, 6), abs_conv),
+            (("none", 0.0, 0.0), ("relu", 0.0, 0.0), (conv + r.double()).relu(), abs_conv + r.double().abs())]:
+        y = C.gemm(x, packed, 48, C.gemm_bias(bias), r if act2[0] == "relu" else None, True, *act1, *act2)
+        assert y.shape == want.shape and y.is_contiguous(memory_format=torch.channels_last)
+        # (the residual is one more term; both activations are 1-Lipschitz)
+        assert _within(y, want, abs_sum, 40 + 2, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 3, 32, 30, 16, 3, 2, 1), (2, 5, 11, 9, 33, 3, 1, 1), (1, 8, 7, 7, 40, 5, 1, 2)],
+                         ids=["stem3x3s2", "c5k3", "c8k5"])
+def test_conv_gemm_against_conv2d(shape, dtype):
+    # im2col + GEMM: K = kh * kw * C (27 for a 3-channel stem: no multiple of an AMX tile)
+    b, c, h, w_, n, k, s, p = shape
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(b, c, h, w_, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    w, bias = torch.randn(n, c, k, k, generator=g), torch.randn(n, generator=g)
+    packed = C.gemm_pack(w.permute(0, 2, 3, 1).reshape(n, -1), dtype == torch.bfloat16)
+    y = C.conv_gemm(x, packed, n, C.gemm_bias(bias), None, [k, k], [s, s], [p, p, p, p], [1, 1],
+                    "relu", 0.0, 0.0, "none", 0.0, 0.0)
+    want = F.conv2d(x.double(), w.to(dtype).double(), bias.double(), s, p).relu()
+    abs_sum = F.conv2d(x.double().abs(), w.to(dtype).double().abs(), bias.double().abs(), s, p)
+    assert y.shape == want.shape and _within(y, want, abs_sum, c * k * k + 1, dtype)
+
+
+def test_gemm_nan_and_inf_propagate_like_matmul():
+    dtype = torch.bfloat16 if C.gemm_bf16_supported() else torch.float32
+    w = torch.randn(33, 40)
+    x = torch.randn(40, 40).to(dtype)
+    x[3, 5], x[37, 0] = float("nan"), float("inf")
+    y = C.gemm(x, C.gemm_pack(w, dtype == torch.bfloat16), 33, None, None, False, "none", 0.0, 0.0, "none", 0.0, 0.0)
+    want = x.double() @ w.to(dtype).double().T
+    assert torch.equal(y.isnan(), want.isnan()) and torch.equal(y.isinf(), want.isinf())
+    # rows without a special value stay finite (no tile reads another row's NaN)
+    assert y[[r for r in range(40) if r not in (3, 37)]].isfinite().all()
+
+
+@needs_bf16
+def test_bfloat16_gemm_kind_and_the_other_path():
+    # AMX where the CPU and OS allow it; SEPCONV_AMX=0 runs the AVX512-BF16 kernel instead,
+    # with the same packing and the same results up to summation order
+    kind = C.gemm_bf16_kind()
+    assert kind in ("amx", "avx512bf16")
+    code = ("import torch; from sepconv import kernels; C = kernels.load(); print(C.gemm_bf16_kind()); "
+            "g = torch.Generator().manual_seed(0); w = torch.randn(70, 144, generator=g); "
+            "x = torch.randn(100, 144, generator=g).bfloat16(); "
+            "y = C.gemm(x, C.gemm_pack(w, True), 70, None, None, False, 'none', 0., 0., 'none', 0., 0.); "
+            "want = x.double() @ w.bfloat16().double().T; "
+            "print(float(((y.double() - want).abs() / (want.abs() + 1)).max()))")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SEPCONV_AMX": "0"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "avx512bf16"
+    assert float(out[1]) <= torch.finfo(torch.bfloat16).eps
