@@ -118,8 +118,9 @@ def test_zoo_float32_matches_float64_and_every_depthwise_runs_native(name):
     assert rel < 1e-5, rel
     depthwise = [r for r in fast.report.rows if re.search(r"groups=(\d+) \1->\1", r["op"])]
     assert depthwise and all(r["became"].startswith("native depthwise") for r in depthwise), depthwise
-    assert all(r["became"].startswith(("native", "ATen convolution (measured")) for r in fast.report.rows), \
-        fast.report.left
+    # (with tune=True a layer whose ATen twin timed faster, as happens under load, is ATen)
+    assert all(r["became"].startswith(("native", "ATen convolution (measured", "ATen linear (measured"))
+               for r in fast.report.rows), fast.report.left
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v1_100", "mobilenet_v2_100", "efficientnet_b0", "convnext_tiny"])
