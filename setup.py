@@ -14,7 +14,7 @@ from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 KERNELS = Path("src/sepconv/kernels")
-SOURCES = [str(KERNELS / f) for f in ("bindings.cpp", "isa_generic.cpp", "isa_avx2.cpp", "isa_avx512.cpp")]
+SOURCES = [str(KERNELS / f) for f in ("bindings.cpp", "program.cpp", "isa_generic.cpp", "isa_avx2.cpp", "isa_avx512.cpp")]
 
 # The build's identity (plans tuned with other kernels are stale): a digest of every C++ file,
 # in a generated source of its own, so that a change recompiles only what it touches.

@@ -26,6 +26,7 @@ from torch.utils import _pytree as pytree
 from .. import kernels
 from .._validation import fail
 from ..timing import Candidate, compare
+from . import program
 from .graph import CaptureError, Lowering, aten_subgraph, capture
 from .trees import float_leaves, leaves as _leaves
 
@@ -99,7 +100,10 @@ class OptimizedModel(nn.Module):
     shapes than the plans made so far re-plans (once per shape, with a warning) while the
     original model is at hand; a loaded model runs the shapes it was saved with.
 
-    Attributes: ``report`` (:class:`OptimizationReport` of the first plan), ``dtype``.
+    Attributes: ``report`` (:class:`OptimizationReport` of the first plan), ``dtype``, and
+    ``executor``: ``"program"`` (the default) runs each plan as one native call
+    (:mod:`sepconv.convert.program`: no Python per layer, activations in a planned arena),
+    ``"graph"`` runs the plan's fx graph node by node in Python.
     """
 
     def __init__(self, model: nn.Module | None, dtype: torch.dtype, tune: bool):
@@ -110,6 +114,8 @@ class OptimizedModel(nn.Module):
         self._keys: dict = {}
         self.report: OptimizationReport | None = None
         self.loaded_report: str | None = None   # a loaded model's report, as text
+        self.executor = "program"
+        self._programs: dict = {}       # plan name -> its ProgramRunner (None: the graph runs in Python)
 
     def train(self, mode: bool = True):
         """An inference model has no training mode: model.eval() and model.train() change
@@ -117,11 +123,12 @@ class OptimizedModel(nn.Module):
         self.training = False
         return self
 
-    def _plan_for(self, args, kwargs) -> fx.GraphModule:
+    def _plan_for(self, args, kwargs) -> str:
+        """The name of the plan for these inputs' signature, made if there is none yet."""
         sig = _signature(args, kwargs)
         name = self._keys.get(sig)
         if name is not None:
-            return self.plans[name]
+            return name
         if self._source[0] is None:
             shapes = [s for s, _ in sig[1]]
             fail("OptimizedModel", "a loaded model runs the input shapes it was optimized for; optimize the "
@@ -136,15 +143,23 @@ class OptimizedModel(nn.Module):
         name = f"plan{len(self.plans)}"
         self.plans[name] = gm
         self._keys[sig] = name
-        return gm
+        return name
 
     def forward(self, *args, **kwargs):
         with torch.inference_mode():
             leaves, _ = _leaves(args, kwargs)
             out_dtype = next((x.dtype for x in leaves if isinstance(x, torch.Tensor) and x.is_floating_point()), None)
-            gm = self._plan_for(args, kwargs)
+            name = self._plan_for(args, kwargs)
+            gm = self.plans[name]
             cargs, ckwargs = _to_compute((args, kwargs), self.dtype)
-            out = gm(*cargs, **ckwargs)
+            if self.executor == "graph" or not isinstance(gm, fx.GraphModule):   # (a module-level rewrite)
+                out = gm(*cargs, **ckwargs)
+            elif name not in self._programs:   # the first call records the graph and builds its Program
+                self._programs[name], out = program.build(gm, cargs, ckwargs)
+            elif self._programs[name] is None:
+                out = gm(*cargs, **ckwargs)
+            else:
+                out = self._programs[name](program.flat_inputs(gm, cargs, ckwargs))
             if out_dtype is None:
                 return out
             return pytree.tree_map(

@@ -16,6 +16,7 @@
 #include <tuple>
 #include <vector>
 
+#include "host.h"
 #include "kernels.h"
 
 #if defined(__x86_64__)
@@ -528,11 +529,11 @@ at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& packed, int64_t N, con
   const int64_t K = conv ? x.size(1) : x.size(-1), M = K ? x.numel() / K : 0;
   at::Tensor y;
   if (conv) {
-    y = at::empty({x.size(0), N, x.size(2), x.size(3)}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    y = new_output({x.size(0), N, x.size(2), x.size(3)}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   } else {
     auto shape = x.sizes().vec();
     shape.back() = N;
-    y = at::empty(shape, x.options());
+    y = new_output(shape, x.options());
   }
   GemmArgs g{M, N, K, x.data_ptr(), K, y.data_ptr(), N, nullptr, nullptr, N,
              parse_act(act1, lo1, hi1), parse_act(act2, lo2, hi2)};
@@ -649,7 +650,8 @@ static at::Tensor gemm_program(const char* who, const at::Tensor& x_in, const at
     TORCH_CHECK(0 <= calls[q] && calls[q] + calls[q + 1] <= K && 0 <= calls[q + 2] && calls[q + 2] < blocks &&
                 calls[q + 3] < blocks && (!bf16 || calls[q] % 2 == 0),
                 who, ": a call lies outside the rows or blocks (bfloat16: k0 even)");
-  auto y = at::empty({x.size(0), OH, OW, ld}, x.options());
+  // (B, ld, OH, OW) channels_last: rows of ld values per output pixel
+  auto y = new_output({x.size(0), ld, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   at::Tensor r;   // a channels_last (B, ld, OH, OW) residual is (B, OH, OW, ld) rows
   if (residual.has_value()) {
     r = residual->contiguous(at::MemoryFormat::ChannelsLast);
@@ -685,7 +687,7 @@ static at::Tensor gemm_program(const char* who, const at::Tensor& x_in, const at
       }
     }
   });
-  return y.permute({0, 3, 1, 2});
+  return y;
 }
 
 // A dense convolution (groups 1) as im2col + the native GEMM: x (B, C, H, W) is gathered into
@@ -756,7 +758,7 @@ at::Tensor depthwise_hwc(const at::Tensor& x, const at::Tensor& w_hwc, const c10
   g.OH = (g.H + pad[0] + pad[1] - g.dil_h * (g.kh - 1) - 1) / g.sh + 1;
   g.OW = (g.W + pad[2] + pad[3] - g.dil_w * (g.kw - 1) - 1) / g.sw + 1;
   TORCH_CHECK(g.OH > 0 && g.OW > 0, "sepconv depthwise_hwc: the output would be empty");
-  auto y = at::empty({g.N, g.C, g.OH, g.OW}, xl.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto y = new_output({g.N, g.C, g.OH, g.OW}, xl.options().memory_format(at::MemoryFormat::ChannelsLast));
   const auto& ks = kernels();
   select_variant(ks.forward, ks.n_forward, g, dtype_of(xl))
       ->fn(xl.data_ptr(), w_hwc.data_ptr<float>(), bias.has_value() ? bias->data_ptr<float>() : nullptr,
@@ -782,12 +784,51 @@ TORCH_LIBRARY(sepconv, m) {
         "int[2] dilation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   m.def("winograd(Tensor x, Tensor u, Tensor? bias, int[2] padding, bool two_d, str act=\"none\", "
         "float lo=0., float hi=0.) -> Tensor");
+  // The inference kernels of optimized models, for their Program (program.cpp); the Python
+  // module's functions of the same names call them without the dispatcher.
+  m.def("gemm(Tensor x, Tensor packed, int N, Tensor? bias, Tensor? residual, bool conv, str act1, float lo1, "
+        "float hi1, str act2, float lo2, float hi2) -> Tensor");
+  m.def("conv_gemm(Tensor x, Tensor packed, int N, Tensor? bias, Tensor? residual, int[] kernel, int[] stride, "
+        "int[] pad, int[] dilation, str act1, float lo1, float hi1, str act2, float lo2, float hi2) -> Tensor");
+  m.def("versatile_gemm(Tensor x, Tensor packed, int N, int blocks, Tensor? bias, Tensor? scale, int[] runs, "
+        "int[] calls, int[] kernel, int[] stride, int[] pad, int[] dilation, str act, float lo, float hi) -> Tensor");
+  m.def("depthwise_hwc(Tensor x, Tensor w_hwc, Tensor? bias, int[] stride, int[] pad, int[] dilation, str act, "
+        "float lo, float hi) -> Tensor");
+  m.def("global_avg_pool(Tensor x, bool keepdim) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sepconv, CPU, m) {
   m.impl("depthwise", &sepconv::depthwise_cpu);
   m.impl("depthwise_backward", &sepconv::depthwise_backward_cpu);
   m.impl("winograd", &sepconv::winograd_cpu);
+  using Str = c10::string_view;
+  using Ints = c10::IntArrayRef;
+  auto str = [](Str v) { return std::string(v); };
+  auto vec = [](Ints v) { return v.vec(); };
+  m.impl("gemm", [str](const at::Tensor& x, const at::Tensor& packed, int64_t N, const c10::optional<at::Tensor>& bias,
+                       const c10::optional<at::Tensor>& residual, bool conv, Str act1, double lo1, double hi1, Str act2,
+                       double lo2, double hi2) {
+    return sepconv::gemm(x, packed, N, bias, residual, conv, str(act1), lo1, hi1, str(act2), lo2, hi2);
+  });
+  m.impl("conv_gemm", [str, vec](const at::Tensor& x, const at::Tensor& packed, int64_t N,
+                                 const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
+                                 Ints kernel, Ints stride, Ints pad, Ints dilation, Str act1, double lo1, double hi1,
+                                 Str act2, double lo2, double hi2) {
+    return sepconv::conv_gemm(x, packed, N, bias, residual, vec(kernel), vec(stride), vec(pad), vec(dilation),
+                              str(act1), lo1, hi1, str(act2), lo2, hi2);
+  });
+  m.impl("versatile_gemm", [str, vec](const at::Tensor& x, const at::Tensor& packed, int64_t N, int64_t blocks,
+                                      const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& scale,
+                                      Ints runs, Ints calls, Ints kernel, Ints stride, Ints pad, Ints dilation, Str act,
+                                      double lo, double hi) {
+    return sepconv::versatile_gemm(x, packed, N, blocks, bias, scale, vec(runs), vec(calls), vec(kernel),
+                                   vec(stride), vec(pad), vec(dilation), str(act), lo, hi);
+  });
+  m.impl("depthwise_hwc", [str, vec](const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                                     Ints stride, Ints pad, Ints dilation, Str act, double lo, double hi) {
+    return sepconv::depthwise_hwc(x, w, bias, vec(stride), vec(pad), vec(dilation), str(act), lo, hi);
+  });
+  m.impl("global_avg_pool", &sepconv::global_avg_pool);
 }
 
 TORCH_LIBRARY_IMPL(sepconv, Autograd, m) {
@@ -797,6 +838,7 @@ TORCH_LIBRARY_IMPL(sepconv, Autograd, m) {
 extern "C" const char sepconv_source_digest[];   // generated by setup.py
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  sepconv::bind_program(m);
   m.def("isa", [] { return std::string(sepconv::kernels().isa); }, "the kernel set chosen for this CPU");
   m.def("source_digest", [] { return std::string(sepconv_source_digest); },
         "digest of the C++ sources this extension was built from");
