@@ -8,6 +8,7 @@
 #include <ATen/record_function.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -563,45 +564,33 @@ at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& packed, int64_t N, con
 // kernel column j, channels [c0, c1)), of input pixel (oh * stride - pad + i * dilation, ...)'s
 // channels c0..c1 (zero outside the input), K values in all. x is channels_last (B, C, H, W).
 // A dense convolution takes every tap's channels [0, C) in kernel order; a versatile layer
-// orders them by channel segment and ring.
+// orders them by channel segment and ring. Neighbouring runs of whole pixels merge into one
+// segment (with dilation 1 a dense convolution's kernel row is one copy of kw * C values);
+// the kernel set gathers the rows (Im2colArgs).
 struct Im2col {
-  const at::Tensor& x;
-  const std::vector<int64_t>& runs, &stride, &pad, &dilation;
-  int64_t OH, OW, K = 0;
+  Im2colArgs args;
+  std::vector<int64_t> segs;
 
   Im2col(const at::Tensor& x, const std::vector<int64_t>& runs, const std::vector<int64_t>& stride,
-         const std::vector<int64_t>& pad, const std::vector<int64_t>& dilation, int64_t OH, int64_t OW)
-      : x(x), runs(runs), stride(stride), pad(pad), dilation(dilation), OH(OH), OW(OW) {
+         const std::vector<int64_t>& pad, const std::vector<int64_t>& dilation, int64_t OH, int64_t OW) {
+    const int64_t C = x.size(1);
+    int64_t K = 0;
     for (size_t q = 0; q < runs.size(); q += 4) {
-      TORCH_CHECK(0 <= runs[q + 2] && runs[q + 2] <= runs[q + 3] && runs[q + 3] <= x.size(1),
-                  "sepconv im2col: a run's channels lie outside the input's");
-      K += runs[q + 3] - runs[q + 2];
-    }
-  }
-
-  // Rows [m0, m1) (output pixels in (n, oh, ow) order) into dst, K values each. (Element
-  // loops, not memcpy: a 3-channel stem copies 12-36 bytes at a time, where a call per copy
-  // cost more than the GEMM.)
-  template <typename T> void rows(T* dst, int64_t m0, int64_t m1) const {
-    const int64_t C = x.size(1), H = x.size(2), W = x.size(3), R = (int64_t)runs.size() / 4;
-    const T* src = static_cast<const T*>(x.data_ptr());
-    for (int64_t m = m0; m < m1; ++m) {
-      const int64_t n = m / (OH * OW), oh = m / OW % OH, ow = m % OW;
-      T* out = dst + (m - m0) * K;
-      for (int64_t q = 0; q < R; ++q) {
-        const int64_t ih = oh * stride[0] - pad[0] + runs[4 * q] * dilation[0];
-        const int64_t iw = ow * stride[1] - pad[2] + runs[4 * q + 1] * dilation[1];
-        const int64_t c0 = runs[4 * q + 2], width = runs[4 * q + 3] - c0;
-        if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
-          for (int64_t c = 0; c < width; ++c) out[c] = {};
-        } else {
-          const T* in = src + ((n * H + ih) * W + iw) * C + c0;
-          for (int64_t c = 0; c < width; ++c) out[c] = in[c];
-        }
-        out += width;
+      const int64_t i = runs[q], j = runs[q + 1], c0 = runs[q + 2], c1 = runs[q + 3];
+      TORCH_CHECK(0 <= c0 && c0 <= c1 && c1 <= C, "sepconv im2col: a run's channels lie outside the input's");
+      K += c1 - c0;
+      const size_t last = segs.size() - 5;
+      if (!segs.empty() && dilation[1] == 1 && c0 == 0 && c1 == C && segs[last + 2] == 0 && segs[last + 3] == C &&
+          segs[last] == i && segs[last + 1] + segs[last + 4] == j) {
+        ++segs[last + 4];
+        continue;
       }
+      segs.insert(segs.end(), {i, j, c0, c1, 1});
     }
+    args = Im2colArgs{x.data_ptr(), x.size(0), x.size(2), x.size(3), C, OH, OW, stride[0], stride[1], pad[0],
+                      pad[2], dilation[0], dilation[1], segs.data(), (int64_t)segs.size() / 5, K, K};
   }
+  int64_t K() const { return args.K; }
 };
 
 static std::pair<int64_t, int64_t> conv_out_size(const at::Tensor& x, int64_t kh, int64_t kw,
@@ -637,10 +626,14 @@ static at::Tensor gemm_program(const char* who, const at::Tensor& x_in, const at
   TORCH_CHECK(runs.size() % 4 == 0 && calls.size() % 5 == 0 && kernel.size() == 2,
               who, ": runs hold 4 ints each, calls 5, kernel is (kh, kw)");
   const auto [OH, OW] = conv_out_size(x, kernel[0], kernel[1], stride, pad, dilation, who);
-  const Im2col im2col(x, runs, stride, pad, dilation, OH, OW);
-  const int64_t K = im2col.K, M = x.size(0) * OH * OW, ld = blocks * N, item = x.element_size();
+  Im2col im2col(x, runs, stride, pad, dilation, OH, OW);
+  const int64_t K = im2col.K(), M = x.size(0) * OH * OW, ld = blocks * N, item = x.element_size();
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   const auto& ks = kernels();
+  // AMX reads A in tiles of 32 k: rows padded to whole tiles with zeros need no copy there
+  const bool pad_rows = bf16 && std::string(ks.gemm_bf16_kind) == "amx";
+  const int64_t lda = pad_rows ? (K + 31) / 32 * 32 : K;
+  im2col.args.ld = lda;
   TORCH_CHECK(!bf16 || ks.gemm_bf16, who, ": this CPU has no bfloat16 dot products (AVX512-BF16)");
   const int64_t vec_len = (blocks - 1) * N + (N + ks.gemm_nr - 1) / ks.gemm_nr * ks.gemm_nr;
   for (const auto* t : {bias.has_value() ? &*bias : nullptr, scale.has_value() ? &*scale : nullptr})
@@ -663,20 +656,20 @@ static at::Tensor gemm_program(const char* who, const at::Tensor& x_in, const at
   // L3. (K blocks of 512 or 4096 columns adding to partial sums measured no gain here, and
   // 128-row chunks 1.2-1.6x slower on VGG and ResNet 3x3 layers: the chunk left L2.)
   const int64_t threads = at::get_num_threads(), tile = bf16 ? ks.gemm_mr_bf16 : ks.gemm_mr;
-  int64_t chunk = std::max<int64_t>(tile, (256 << 10) / std::max<int64_t>(K * item, 1) / tile * tile);
+  int64_t chunk = std::max<int64_t>(tile, (256 << 10) / std::max<int64_t>(lda * item, 1) / tile * tile);
   chunk = std::min(chunk, std::max<int64_t>(tile, (M + 2 * threads - 1) / (2 * threads) + tile - 1) / tile * tile);
   const int64_t chunks = (M + chunk - 1) / chunk;
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<char> buf(chunk * K * item);
+    std::vector<char> buf((chunk * lda + IM2COL_SLACK) * item);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t m0 = c * chunk, m1 = std::min(M, m0 + chunk);
-      if (bf16) im2col.rows(reinterpret_cast<uint16_t*>(buf.data()), m0, m1);
-      else im2col.rows(reinterpret_cast<float*>(buf.data()), m0, m1);
+      (bf16 ? ks.im2col_bf16 : ks.im2col_f32)(im2col.args, buf.data(), m0, m1);
       for (size_t q = 0; q < calls.size(); q += 5) {
         const int64_t k0 = calls[q], len = calls[q + 1], out = calls[q + 2], acc = calls[q + 3];
         const bool final = calls[q + 4] != 0;
-        GemmArgs g{m1 - m0, N, len, buf.data() + k0 * item, K, yp + (m0 * ld + out * N) * item, ld, nullptr,
+        GemmArgs g{m1 - m0, N, len, buf.data() + k0 * item, lda, yp + (m0 * ld + out * N) * item, ld, nullptr,
                    nullptr, 0, final ? act1 : Act{}, final ? act2 : Act{}};
+        g.a_padded = pad_rows;
         if (acc >= 0) g.accum = yp + (m0 * ld + acc * N) * item, g.ldacc = ld;
         if (final && bias.has_value()) g.bias = bias->data_ptr<float>() + out * N;
         if (final && scale.has_value()) g.scale = scale->data_ptr<float>() + out * N;

@@ -273,8 +273,9 @@ void gemm_bf16(const GemmArgs& g, const void* packed) {
 // issues four TDPBF16PS. The tiles are then stored to a 4 KiB buffer and the float32 epilogue
 // writes C from there.
 // A's rows are read in place where they hold whole tiles; a block of fewer than 32 rows, or
-// a K that is no multiple of 32, is first copied into a buffer zeroed past its rows and past
-// K (A's zeros meet B's, so the last tile adds nothing but zeros). A call on columns of a
+// a K that is no multiple of 32 (unless A's rows are zero-padded, a_padded), is first copied
+// into a buffer zeroed past its rows and past K (A's zeros meet B's, so the last tile adds
+// nothing but zeros). A call on columns of a
 // larger B (gemm_program's, ldb > K) has the next columns' weights past its K, not zeros:
 // there the k past the last whole 32 are added by vdpbf16ps, on the stored tiles.
 #define SEPCONV_AMX_TARGET __attribute__((target(SEPCONV_TARGET ",avx512bf16,amx-tile,amx-bf16")))
@@ -359,7 +360,7 @@ SEPCONV_AMX_TARGET void gemm_unit_amx(const GemmArgs& g, const uint16_t* a, cons
     const int rows = (int)std::min<int64_t>(AMX_MR, m1 - m);
     const uint16_t* rows_a = a + m * g.lda;
     int64_t lda = g.lda;
-    if (rows < AMX_MR || (whole && kpad != g.K)) {
+    if (rows < AMX_MR || (whole && kpad != g.K && !g.a_padded)) {
       copy.assign(AMX_MR * kpad, 0);
       for (int r = 0; r < rows; ++r) std::memcpy(copy.data() + r * kpad, rows_a + r * g.lda, g.K * 2);
       rows_a = copy.data(), lda = kpad;

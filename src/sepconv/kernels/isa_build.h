@@ -34,6 +34,7 @@ namespace SEPCONV_ISA {
 #include "winograd.h"
 #include "backward.h"
 #include "gemm.h"
+#include "im2col.h"
 #include "table.h"
 }  // namespace SEPCONV_ISA
 }  // namespace sepconv

@@ -53,6 +53,7 @@ struct GemmArgs {
   int64_t ldacc = 0;
   const float* scale = nullptr;  // float32 per column like bias, or null
   int64_t ldb = 0;               // K rows between B's panels, 0 for K (>K: rows [k0, k0 + K) of a larger B)
+  bool a_padded = false;         // A's columns K.. up to a multiple of 32 are zeros (lda allows them)
 };
 using GemmFn = void (*)(const GemmArgs& g, const void* packed);
 // Pairs of k in a packed bfloat16 panel: ceil(K / 2) rounded up to whole AMX tiles of 16
@@ -60,6 +61,21 @@ using GemmFn = void (*)(const GemmArgs& g, const void* packed);
 inline int64_t gemm_bf16_pairs(int64_t K) { return ((K + 1) / 2 + 15) / 16 * 16; }
 // w: (N, K) row-major float32 (a Linear or 1x1 convolution weight) -> the set's packed layout.
 using GemmPackFn = void (*)(const float* w, int64_t N, int64_t K, void* out);
+
+// im2col rows for gemm_program (bindings.cpp): row (n, oh, ow) is the concatenation, over
+// `segs` (5 ints each: kernel row i, kernel column j, channels [c0, c1), pixels), of the
+// channels c0..c1 of input pixels (oh * sh - pt + i * dh, ow * sw - pl + (j + p) * dw) for
+// p < pixels, zero outside the input (pixels > 1 only with c0 = 0, c1 = C: whole pixels).
+// Rows are `ld` elements apart; elements K..ld of each row are zero; dst holds IM2COL_SLACK
+// elements more than the rows (the gather stores whole vectors).
+struct Im2colArgs {
+  const void* x;   // channels_last (N, H, W, C), float or bf16
+  int64_t N, H, W, C, OH, OW, sh, sw, pt, pl, dh, dw;
+  const int64_t* segs;
+  int64_t n_segs, K, ld;
+};
+using Im2colFn = void (*)(const Im2colArgs& a, void* dst, int64_t m0, int64_t m1);
+constexpr int64_t IM2COL_SLACK = 64;
 
 // One named kernel and the calls it serves: kernel (kh, kw), equal strides `stride`, no
 // dilation, `dtype`. kh == 0 marks the generic kernel of a dtype (any size, stride, dilation).
@@ -102,6 +118,7 @@ struct KernelSet {
   int gemm_mr_amx;
   const char* gemm_bf16_kind = "avx512bf16";
   int gemm_mr_bf16 = 0;
+  Im2colFn im2col_f32 = nullptr, im2col_bf16 = nullptr;
 };
 
 // The variant serving (kh, kw, stride, dilation, dtype): the first specialised row that
