@@ -115,3 +115,24 @@ def test_bfloat16_gemm_kind_and_the_other_path():
                          capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "avx512bf16"
     assert float(out[1]) <= torch.finfo(torch.bfloat16).eps
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 16, 9, 7, 3, 1, 40), (3, 32, 14, 14, 3, 2, 64), (2, 24, 11, 6, 5, 1, 17),
+                                   (1, 64, 7, 7, 7, 1, 96)], ids=["k3", "k3s2", "k5", "k7"])
+def test_dw_gemm_is_the_depthwise_then_the_gemm(shape, dtype):
+    # the same kernels on the same values in the same order: equal to the two calls, bit for bit
+    b, c, h, w_, k, s, n = shape
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(b, c, h, w_, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    wh = C.weight_hwc(torch.randn(c, 1, k, k, generator=g))
+    db, pw, pb = torch.randn(c, generator=g), torch.randn(n, c, generator=g), torch.randn(n, generator=g)
+    packed, bias = C.gemm_pack(pw, dtype == torch.bfloat16), C.gemm_bias(pb)
+    pad = [k // 2] * 4
+    mid = C.depthwise_hwc(x, wh, db, [s, s], pad, [1, 1], "clamp", 0.0, 6.0)
+    r = torch.randn(mid.shape[0], n, *mid.shape[2:], generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    want = C.gemm(mid, packed, n, bias, r, True, "none", 0.0, 0.0, "relu", 0.0, 0.0)
+    got = C.dw_gemm(x, wh, db, [s, s], pad, [1, 1], "clamp", 0.0, 6.0, packed, n, bias, r, "none", 0.0, 0.0,
+                    "relu", 0.0, 0.0)
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, want)

@@ -313,3 +313,21 @@ def test_a_model_export_cannot_capture_gets_a_module_rewrite():
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call(create_model("mobilenet_v1_small", alpha=0.25).eval())
+
+
+def test_a_large_depthwise_output_fuses_into_the_pointwise_after_it(tmp_path):
+    # 64 x 160 x 160 float32 = 6.5 MB of depthwise output (over FUSE_BYTES): one dw_gemm call,
+    # whose result is the two layers', and which saves and loads
+    from sepconv.convert.optimize import FUSE_BYTES
+
+    model = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.BatchNorm2d(64), nn.ReLU6(),
+                          nn.Conv2d(64, 48, 1), nn.ReLU()).eval()
+    _with_statistics(model)
+    x = torch.randn(1, 64, 160, 160)
+    assert 64 * 160 * 160 * 4 >= FUSE_BYTES
+    fast = optimize_for_inference(model, x, tune=False)
+    assert "dw_gemm" in _ops(fast) and "depthwise_hwc" not in _ops(fast)
+    assert fast.report.rows[1]["became"].endswith("fused with the depthwise convolution before it")
+    assert _rel_to_float64(model, x, fast(x)) < 1e-5
+    save(fast, tmp_path / "f.pt")
+    assert torch.equal(load(tmp_path / "f.pt")(x), fast(x))

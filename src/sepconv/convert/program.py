@@ -25,7 +25,7 @@ from torch.fx._pytree import tree_flatten_spec
 
 from .. import kernels
 
-_NATIVE = ("gemm", "conv_gemm", "versatile_gemm", "depthwise_hwc", "global_avg_pool")
+_NATIVE = ("gemm", "conv_gemm", "versatile_gemm", "depthwise_hwc", "global_avg_pool", "dw_gemm")
 _ARENA_ALIGN = 64
 
 
@@ -202,7 +202,7 @@ def arena_blocks(meta, calls, step_of, slot, last_read, out_leaves) -> list[tupl
     arena: a fresh tensor (not a view) that no output of the graph views, alive from its step
     to the last step reading it or a view of it."""
     C = kernels.load()
-    native = {getattr(C, name) for name in ("gemm", "conv_gemm", "versatile_gemm", "depthwise_hwc")}
+    native = {getattr(C, name) for name in ("gemm", "conv_gemm", "versatile_gemm", "depthwise_hwc", "dw_gemm")}
     last_use: dict[fx.Node, int] = {}
     for n in calls:
         root = meta[n].root

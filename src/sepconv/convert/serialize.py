@@ -23,9 +23,9 @@ from .._validation import fail
 
 FORMAT = "sepconv-optimized-model"
 VERSION = 1
-_KERNELS = ("gemm", "conv_gemm", "versatile_gemm", "depthwise_hwc", "global_avg_pool")
-# kernel -> (packed weight, gemm_bias) argument positions (versatile_gemm's bias is plain)
-_PACKED_ARG = {"gemm": (1, 3), "conv_gemm": (1, 3), "versatile_gemm": (1, None)}
+_KERNELS = ("gemm", "conv_gemm", "versatile_gemm", "depthwise_hwc", "global_avg_pool", "dw_gemm")
+# kernel -> (packed weight, N, gemm_bias) argument positions (versatile_gemm's bias is plain)
+_PACKED_ARG = {"gemm": (1, 2, 3), "conv_gemm": (1, 2, 3), "versatile_gemm": (1, 2, None), "dw_gemm": (9, 10, 11)}
 
 
 def _target_name(target) -> str:
@@ -101,8 +101,8 @@ def graph_payload(gm: fx.GraphModule) -> dict:
             entry["target"] = name
             kernel = name.partition(":")[2]
             if kernel in _PACKED_ARG:   # weights stored unpacked, repacked for the loading CPU
-                w_pos, b_pos = _PACKED_ARG[kernel]
-                w_node, n, k = node.args[w_pos], node.args[2], node.meta["gemm_k"]
+                w_pos, n_pos, b_pos = _PACKED_ARG[kernel]
+                w_node, n, k = node.args[w_pos], node.args[n_pos], node.meta["gemm_k"]
                 b_node = node.args[b_pos] if b_pos is not None else None
                 t = _attr(gm, w_node.target)
                 packed[w_node.target] = {"weight": C.gemm_unpack(t, n, k).to(t.dtype),
@@ -148,8 +148,8 @@ def graph_from_payload(payload: dict) -> fx.GraphModule:
         elif op == "call_function":
             node = graph.call_function(_target(entry["target"]), tuple(_decode(entry["args"], env)),
                                        _decode(entry["kwargs"], env))
-            weight = payload["packed"].get(node.args[1].target) if entry["target"].partition(":")[2] in (
-                _PACKED_ARG) else None
+            kernel = entry["target"].partition(":")[2]
+            weight = payload["packed"].get(node.args[_PACKED_ARG[kernel][0]].target) if kernel in _PACKED_ARG else None
             if weight is not None:
                 node.meta["gemm_k"] = weight["k"]
             env[entry["name"]] = node

@@ -186,6 +186,12 @@ at::Tensor bias_f32(const c10::optional<at::Tensor>& b) {
   return out;
 }
 
+// The forward variant `v` over every output row, in parallel.
+void run_forward(const Variant<ForwardFn>* v, const void* x, const float* w, const float* b, void* y, const Geometry& g,
+                 const Act& act) {
+  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) { v->fn(x, w, b, y, g, act, begin, end); });
+}
+
 // The name of the kernel that serves a call: "<isa>:<variant>".
 template <typename Fn>
 std::string name_of(const Variant<Fn>* v) {
@@ -200,8 +206,8 @@ at::Tensor forward_hwc(const at::Tensor& x, const at::Tensor& w, const c10::opti
   const auto g = geometry(x, w.size(0), w.size(1), stride, padding, dilation);
   auto y = at::empty({g.N, g.C, g.OH, g.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const auto& ks = kernels();
-  const auto* v = select_variant(ks.forward, ks.n_forward, g, dtype_of(x));
-  v->fn(x.data_ptr(), w.data_ptr<float>(), bf.defined() ? bf.data_ptr<float>() : nullptr, y.data_ptr(), g, act);
+  run_forward(select_variant(ks.forward, ks.n_forward, g, dtype_of(x)), x.data_ptr(), w.data_ptr<float>(),
+              bf.defined() ? bf.data_ptr<float>() : nullptr, y.data_ptr(), g, act);
   return y;
 }
 
@@ -736,6 +742,19 @@ at::Tensor global_avg_pool(const at::Tensor& x_in, bool keepdim) {
   return keepdim ? y.view({B, C, 1, 1}) : y;
 }
 
+// The depthwise geometry of depthwise_hwc's arguments.
+static Geometry hwc_geometry(const at::Tensor& xl, const at::Tensor& w_hwc, const std::vector<int64_t>& stride,
+                             const std::vector<int64_t>& pad, const std::vector<int64_t>& dilation, const char* who) {
+  TORCH_CHECK(w_hwc.dim() == 3 && w_hwc.size(2) == xl.size(1) && w_hwc.scalar_type() == at::kFloat,
+              who, ": weight must be float32 (kh, kw, C)");
+  TORCH_CHECK(pad.size() == 4, who, ": pad is (top, bottom, left, right)");
+  Geometry g = geometry(xl, w_hwc.size(0), w_hwc.size(1), stride, {pad[0], pad[2]}, dilation);
+  g.OH = (g.H + pad[0] + pad[1] - g.dil_h * (g.kh - 1) - 1) / g.sh + 1;
+  g.OW = (g.W + pad[2] + pad[3] - g.dil_w * (g.kw - 1) - 1) / g.sw + 1;
+  TORCH_CHECK(g.OH > 0 && g.OW > 0, who, ": the output would be empty");
+  return g;
+}
+
 // Inference depthwise convolution with a pre-transposed float32 (kh, kw, C) weight (weight_hwc)
 // and any padding: `pad` is (top, bottom, left, right), so the sides may differ (TensorFlow's
 // "same"). x (N, C, H, W) is made channels_last; y is channels_last.
@@ -744,18 +763,68 @@ at::Tensor depthwise_hwc(const at::Tensor& x, const at::Tensor& w_hwc, const c10
                          const std::string& act, double lo, double hi) {
   RECORD_FUNCTION("sepconv::depthwise_hwc", c10::ArrayRef<const c10::IValue>{});
   const at::Tensor xl = x.contiguous(at::MemoryFormat::ChannelsLast);
-  TORCH_CHECK(w_hwc.dim() == 3 && w_hwc.size(2) == xl.size(1) && w_hwc.scalar_type() == at::kFloat,
-              "sepconv depthwise_hwc: weight must be float32 (kh, kw, C)");
-  TORCH_CHECK(pad.size() == 4, "sepconv depthwise_hwc: pad is (top, bottom, left, right)");
-  Geometry g = geometry(xl, w_hwc.size(0), w_hwc.size(1), stride, {pad[0], pad[2]}, dilation);
-  g.OH = (g.H + pad[0] + pad[1] - g.dil_h * (g.kh - 1) - 1) / g.sh + 1;
-  g.OW = (g.W + pad[2] + pad[3] - g.dil_w * (g.kw - 1) - 1) / g.sw + 1;
-  TORCH_CHECK(g.OH > 0 && g.OW > 0, "sepconv depthwise_hwc: the output would be empty");
+  const Geometry g = hwc_geometry(xl, w_hwc, stride, pad, dilation, "sepconv depthwise_hwc");
   auto y = new_output({g.N, g.C, g.OH, g.OW}, xl.options().memory_format(at::MemoryFormat::ChannelsLast));
   const auto& ks = kernels();
-  select_variant(ks.forward, ks.n_forward, g, dtype_of(xl))
-      ->fn(xl.data_ptr(), w_hwc.data_ptr<float>(), bias.has_value() ? bias->data_ptr<float>() : nullptr,
-           y.data_ptr(), g, parse_act(act, lo, hi));
+  run_forward(select_variant(ks.forward, ks.n_forward, g, dtype_of(xl)), xl.data_ptr(), w_hwc.data_ptr<float>(),
+              bias.has_value() ? bias->data_ptr<float>() : nullptr, y.data_ptr(), g, parse_act(act, lo, hi));
+  return y;
+}
+
+// depthwise_hwc followed by a 1x1 convolution (gemm's arguments) on its output, fused: each
+// thread computes the depthwise rows of a chunk of output pixels into a buffer that stays in
+// L2 and multiplies it there, so that the depthwise output never goes through memory (at
+// batch 8 it does not fit the caches: written once and read once more, in MobileNetV1 about
+// 120 MB an inference).
+at::Tensor dw_gemm(const at::Tensor& x, const at::Tensor& w_hwc, const c10::optional<at::Tensor>& dw_bias,
+                   std::vector<int64_t> stride, std::vector<int64_t> pad, std::vector<int64_t> dilation,
+                   const std::string& dw_act, double dw_lo, double dw_hi, const at::Tensor& packed, int64_t N,
+                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
+                   const std::string& act1, double lo1, double hi1, const std::string& act2, double lo2, double hi2) {
+  RECORD_FUNCTION("sepconv::dw_gemm", c10::ArrayRef<const c10::IValue>{});
+  const at::Tensor xl = x.contiguous(at::MemoryFormat::ChannelsLast);
+  Geometry g = hwc_geometry(xl, w_hwc, stride, pad, dilation, "sepconv dw_gemm");
+  g.cached_out = true;
+  TORCH_CHECK(xl.scalar_type() == packed.scalar_type(), "sepconv dw_gemm: input dtype ", xl.scalar_type(),
+              " differs from the packed weight's ", packed.scalar_type());
+  const bool bf16 = xl.scalar_type() == at::kBFloat16;
+  const auto& ks = kernels();
+  TORCH_CHECK(!bf16 || ks.gemm_bf16, "sepconv dw_gemm: this CPU has no bfloat16 GEMM");
+  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == at::kFloat && bias->numel() >= N),
+              "sepconv dw_gemm: bias must come from gemm_bias");
+  auto y = new_output({g.N, N, g.OH, g.OW}, xl.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor r;
+  if (residual.has_value()) {
+    r = residual->contiguous(at::MemoryFormat::ChannelsLast);
+    TORCH_CHECK(r.sizes() == y.sizes() && r.scalar_type() == y.scalar_type(),
+                "sepconv dw_gemm: residual must have the output's shape and dtype");
+  }
+  const auto* v = select_variant(ks.forward, ks.n_forward, g, dtype_of(xl));
+  const Act dact = parse_act(dw_act, dw_lo, dw_hi), a1 = parse_act(act1, lo1, hi1), a2 = parse_act(act2, lo2, hi2);
+  const int64_t rows = g.N * g.OH, item = xl.element_size(), row_bytes = g.OW * g.C * item;
+  const int64_t threads = at::get_num_threads();
+  // Chunks of whole output rows, each multiplied by all of B: as many bytes of depthwise
+  // output as B has (256 KiB to 1 MiB: half a core's L2), so that reading B again costs no
+  // more than the depthwise output would have; and one per thread at least.
+  const int64_t target = std::clamp<int64_t>(packed.numel() * packed.element_size(), 256 << 10, 1 << 20);
+  int64_t chunk = std::max<int64_t>(1, target / std::max<int64_t>(row_bytes, 1));
+  chunk = std::max<int64_t>(1, std::min(chunk, (rows + threads - 1) / threads));
+  const int64_t chunks = (rows + chunk - 1) / chunk;
+  const float* db = dw_bias.has_value() ? dw_bias->data_ptr<float>() : nullptr;
+  char* yp = static_cast<char*>(y.data_ptr());
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<char> buf(chunk * row_bytes);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
+      // the kernel writes row r at y + r * OW * C: shift the buffer so that row r0 lands at its start
+      v->fn(xl.data_ptr(), w_hwc.data_ptr<float>(), db, buf.data() - r0 * row_bytes, g, dact, r0, r1);
+      GemmArgs ga{(r1 - r0) * g.OW, N, g.C, buf.data(), g.C, yp + r0 * g.OW * N * item, N, nullptr, nullptr, N,
+                  a1, a2};
+      if (bias.has_value()) ga.bias = bias->data_ptr<float>();
+      if (r.defined()) ga.residual = static_cast<const char*>(r.data_ptr()) + r0 * g.OW * N * item;
+      (bf16 ? ks.gemm_bf16 : ks.gemm_f32)(ga, packed.data_ptr());
+    }
+  });
   return y;
 }
 
@@ -788,6 +857,9 @@ TORCH_LIBRARY(sepconv, m) {
   m.def("depthwise_hwc(Tensor x, Tensor w_hwc, Tensor? bias, int[] stride, int[] pad, int[] dilation, str act, "
         "float lo, float hi) -> Tensor");
   m.def("global_avg_pool(Tensor x, bool keepdim) -> Tensor");
+  m.def("dw_gemm(Tensor x, Tensor w_hwc, Tensor? dw_bias, int[] stride, int[] pad, int[] dilation, str dw_act, "
+        "float dw_lo, float dw_hi, Tensor packed, int N, Tensor? bias, Tensor? residual, str act1, float lo1, "
+        "float hi1, str act2, float lo2, float hi2) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sepconv, CPU, m) {
@@ -822,6 +894,14 @@ TORCH_LIBRARY_IMPL(sepconv, CPU, m) {
     return sepconv::depthwise_hwc(x, w, bias, vec(stride), vec(pad), vec(dilation), str(act), lo, hi);
   });
   m.impl("global_avg_pool", &sepconv::global_avg_pool);
+  m.impl("dw_gemm", [str, vec](const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& dw_bias,
+                               Ints stride, Ints pad, Ints dilation, Str dw_act, double dw_lo, double dw_hi,
+                               const at::Tensor& packed, int64_t N, const c10::optional<at::Tensor>& bias,
+                               const c10::optional<at::Tensor>& residual, Str act1, double lo1, double hi1, Str act2,
+                               double lo2, double hi2) {
+    return sepconv::dw_gemm(x, w, dw_bias, vec(stride), vec(pad), vec(dilation), str(dw_act), dw_lo, dw_hi, packed, N,
+                            bias, residual, str(act1), lo1, hi1, str(act2), lo2, hi2);
+  });
 }
 
 TORCH_LIBRARY_IMPL(sepconv, Autograd, m) {
@@ -858,6 +938,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("versatile_gemm", &sepconv::versatile_gemm,
         "a versatile convolution as im2col by runs + a program of GEMM calls (functional/versatile.py)");
   m.def("global_avg_pool", &sepconv::global_avg_pool, "mean over H and W of a channels_last tensor");
+  m.def("dw_gemm", &sepconv::dw_gemm,
+        "depthwise_hwc and a 1x1 convolution (gemm) on its output in one pass: depthwise arguments, then gemm's");
   m.def("depthwise_hwc", &sepconv::depthwise_hwc,
         "inference depthwise with a (kh, kw, C) float32 weight and (top, bottom, left, right) padding");
   m.def("gemm_bf16_kind", [] { return std::string(sepconv::kernels().gemm_bf16_kind); },

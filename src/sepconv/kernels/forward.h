@@ -42,7 +42,7 @@ void forward_rows(const T* x, const float* w, const float* b, T* y, const Geomet
   int lo, hi;
   interior(g, lo, hi);
   // (streamed stores leave the cache, where the activation pass would read them back)
-  const bool nt = g.N * g.OH * g.OW * g.C * (int64_t)sizeof(T) > NT_BYTES && !post;
+  const bool nt = g.N * g.OH * g.OW * g.C * (int64_t)sizeof(T) > NT_BYTES && !post && !g.cached_out;
   const bool prefetch = g.N * g.H * g.W * g.C * (int64_t)sizeof(T) > PREFETCH_BYTES;
   constexpr int OB = KH * KW <= 9 ? 8 : 4;
   for (int64_t row = begin, step = 1; row < end; row += step) {
@@ -203,8 +203,7 @@ void forward_rows(const T* x, const float* w, const float* b, T* y, const Geomet
 }
 
 template <typename T, int KH, int KW, int SW>
-void forward_kernel(const void* x, const float* w, const float* b, void* y, const Geometry& g, const Act& act) {
-  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
-    forward_rows<T, KH, KW, SW>(static_cast<const T*>(x), w, b, static_cast<T*>(y), g, act, begin, end);
-  });
+void forward_kernel(const void* x, const float* w, const float* b, void* y, const Geometry& g, const Act& act,
+                    int64_t begin, int64_t end) {
+  forward_rows<T, KH, KW, SW>(static_cast<const T*>(x), w, b, static_cast<T*>(y), g, act, begin, end);
 }

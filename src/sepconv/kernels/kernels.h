@@ -15,6 +15,7 @@ enum DType : int { F32 = 0, BF16 = 1 };
 struct Geometry {
   int64_t N, H, W, C, OH, OW;
   int kh, kw, sh, sw, ph, pw, dil_h, dil_w;
+  bool cached_out = false;   // the output is read again at once (dw_gemm's buffer): no streamed stores
 };
 
 // The activation applied to each finished output (bias included): ReLU, clamp (ReLU6,
@@ -23,7 +24,9 @@ enum ActKind : int { ACT_NONE = 0, ACT_RELU, ACT_CLAMP, ACT_SILU, ACT_HARDSWISH,
 struct Act { int kind = ACT_NONE; float lo = 0, hi = 0; };
 
 // x, y: T* (float or bf16, as `dtype`); w: float32 (kh, kw, C); b: float32 (C,) or null.
-using ForwardFn = void (*)(const void* x, const float* w, const float* b, void* y, const Geometry& g, const Act& act);
+// Output rows [begin, end) of the N * OH, at y + row * OW * C (the caller runs them in parallel).
+using ForwardFn = void (*)(const void* x, const float* w, const float* b, void* y, const Geometry& g, const Act& act,
+                           int64_t begin, int64_t end);
 // Weight gradient: dw float32 (C, 1, kh, kw), db float32 (C,) or null.
 using GradWeightFn = void (*)(const void* x, const void* dy, float* dw, float* db, const Geometry& g);
 // Input gradient by gather (any stride): w float32 (kh, kw, C).
