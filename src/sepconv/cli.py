@@ -356,9 +356,19 @@ def cmd_bench(args) -> int:
     if args.target == "model":
         from .bench import model as model_bench
 
+        progress = (lambda s: None) if args.json else print
+        if args.profile:
+            from .bench import profile
+
+            result = model_bench.profile_model(args.model, batches=args.batch, size=args.input, progress=progress,
+                                               **rounds)
+            profile.write(result, args.out)
+            print(json.dumps(result, indent=1) if args.json else
+                  (Path(args.out) / f"profile_{args.model}.md").read_text())
+            return 0
         runtimes = model_bench.RUNTIMES if not args.runtimes else tuple(args.runtimes)
         result = model_bench.bench_model(args.model, batches=args.batch, size=args.input, runtimes=runtimes,
-                                         progress=(lambda s: None) if args.json else print, **rounds)
+                                         progress=progress, **rounds)
         model_bench.write(result, args.out)
         print(json.dumps(result, indent=1) if args.json else model_bench.markdown(result))
         return 0
@@ -488,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--training", action="store_true", help="time forward+backward")
     p.add_argument("--runtimes", nargs="+", choices=model_bench_runtimes(), default=None,
                    help="`bench model`: the runtimes to run (default: all)")
+    p.add_argument("--profile", action="store_true",
+                   help="`bench model`: per-block times of sepconv against ONNX Runtime's own profiler")
     p.add_argument("--out", default="out/bench", help="folder for JSON, Markdown and PNG")
     p.add_argument("--json", action="store_true", help="print all rows as JSON")
     p.set_defaults(func=cmd_bench)

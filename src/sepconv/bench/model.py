@@ -78,6 +78,34 @@ def precision_of(runtime: str, description: str) -> str:
     return "fp32"
 
 
+def _run_worker(args, folder):
+    cmd = [sys.executable, "-m", "sepconv.bench.worker", *map(str, args[:1]), str(folder), *map(str, args[1:])]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+
+
+def profile_model(name="mobilenet_v1_100", batches=(1, 8), size=224, rounds=20, progress=print) -> dict:
+    """Per-block profiles (sepconv.bench.profile), each runtime in its own process: sepconv
+    float32 against ONNX Runtime, sepconv bfloat16 against OpenVINO at its default precision."""
+    pairs = (("fp32", "profile_sepconv", "ONNX Runtime", "profile_onnxruntime"),
+             ("bf16", "profile_sepconv_bf16", "OpenVINO", "profile_openvino"))
+    profiles = []
+    with tempfile.TemporaryDirectory(prefix="sepconv-profile-") as tmp:
+        folder = Path(tmp)
+        _prepare(name, batches, size, folder)
+        for b in batches:
+            for dt, ours, peer, theirs in pairs:
+                got = {}
+                for rt in (ours, theirs):
+                    done = _run_worker([rt, b, rounds], folder)
+                    if done.returncode != 0:
+                        raise RuntimeError(f"profile {rt} batch {b}: " + (done.stderr.strip().splitlines() or ["failed"])[-1])
+                    got[rt] = torch.load(folder / f"{rt}_b{b}.pt", weights_only=False)
+                profiles.append({"batch": b, "dtype": dt, "sepconv": got[ours], "peer": peer, "theirs": got[theirs]})
+                progress(f"  profile batch {b} {dt}: sepconv {sum(v['ms'] for v in got[ours].values()):.3f} ms, "
+                         f"{peer} {sum(v['ms'] for v in got[theirs].values()):.3f} ms (sums of per-node medians)")
+    return {"model": name, "size": size, "cpu": cpu_name(), "threads": torch.get_num_threads(), "profiles": profiles}
+
+
 def bench_model(name="mobilenet_v1_100", batches=(1, 8), size=224, rounds=ROUNDS, runtimes=RUNTIMES,
                 passes=PASSES, progress=print) -> dict:
     """Benchmark `name`; returns the table as a dict (see :func:`write`)."""
@@ -95,8 +123,7 @@ def bench_model(name="mobilenet_v1_100", batches=(1, 8), size=224, rounds=ROUNDS
                 for rt in runtimes:
                     if info.get((rt, b), {}).get("skipped"):
                         continue
-                    cmd = [sys.executable, "-m", "sepconv.bench.worker", rt, str(folder), str(b), str(per_pass)]
-                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+                    done = _run_worker([rt, b, per_pass], folder)
                     result = folder / f"{rt}_b{b}.pt"
                     if done.returncode != 0 or not result.exists():
                         reason = (done.stderr.strip().splitlines() or ["failed"])[-1][:200]

@@ -73,8 +73,46 @@ def build(runtime: str, folder: Path, batch: int):
     raise ValueError(f"bench worker: unknown runtime {runtime!r}")
 
 
+PROFILES = ("profile_sepconv", "profile_sepconv_bf16", "profile_onnxruntime", "profile_openvino")
+
+
+def profile(runtime: str, folder: Path, batch: int, rounds: int) -> dict:
+    """Per-block times of sepconv (its Program's clock) or ONNX Runtime (its profiler)."""
+    from . import profile as prof
+
+    x = torch.load(folder / f"input_b{batch}.pt")
+    if runtime == "profile_onnxruntime":
+        import onnxruntime as ort
+
+        path = str(folder / f"model_b{batch}.onnx")
+        factory = lambda options: ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return prof.onnxruntime_profile(factory, {"x": x.numpy()}, rounds, warmup=10)
+    if runtime == "profile_openvino":
+        import openvino as ov
+
+        path = str(folder / f"model_b{batch}.onnx")
+        compile_model = lambda extra: ov.Core().compile_model(path, "CPU", {"PERFORMANCE_HINT": "LATENCY", **extra})
+        return prof.openvino_profile(compile_model, {0: x.numpy()}, rounds, warmup=10)
+    from ..convert import optimize_for_inference
+    from ..convert.program import flat_inputs
+
+    model = torch.load(folder / "model.pt", weights_only=False).eval()
+    dtype = torch.bfloat16 if runtime.endswith("bf16") else torch.float32
+    m = optimize_for_inference(model, x, dtype)
+    with torch.inference_mode():
+        for _ in range(10):
+            m(x)
+        (runner,) = m._programs.values()
+        (name,) = m.plans
+        cx = x.to(dtype).contiguous(memory_format=torch.channels_last)
+        return prof.sepconv_profile(runner, flat_inputs(m.plans[name], (cx,), {}), rounds)
+
+
 def main(argv) -> int:
     runtime, folder, batch, rounds = argv[0], Path(argv[1]), int(argv[2]), int(argv[3])
+    if runtime in PROFILES:
+        torch.save(profile(runtime, folder, batch, rounds), folder / f"{runtime}_b{batch}.pt")
+        return 0
     t0 = time.perf_counter()
     with torch.inference_mode():
         call, description = build(runtime, folder, batch)

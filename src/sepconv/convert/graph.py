@@ -151,7 +151,8 @@ def aten_subgraph(gm: fx.GraphModule, node: fx.Node, step: Step, x, residual, dt
     return y
 
 
-def _module_path(node: fx.Node) -> str:
+def module_path(node: fx.Node) -> str:
+    """The path of the model's module a graph node comes from (its own name if none)."""
     stack = node.meta.get("nn_module_stack") or {}
     return next(reversed(stack.values()))[0] if stack else node.name
 
@@ -271,7 +272,7 @@ class Lowering:
                 out.replace_all_uses_with(y)
                 self.graph.erase_node(out)
             self.graph.erase_node(bn)
-            self.rows.append({"layer": _module_path(bn), "op": "BatchNorm (not after a convolution)",
+            self.rows.append({"layer": module_path(bn), "op": "BatchNorm (not after a convolution)",
                               "became": "per-channel scale and shift (ATen)"})
 
     def _fold_into_weights(self, producer, scale, shift) -> bool:
@@ -349,7 +350,7 @@ class Lowering:
                 self.graph.erase_node(node)
             elif node.target is aten.linear.default:
                 w, b = self.const(node.args[1]), self.const(node.args[2]) if len(node.args) > 2 else None
-                row = {"layer": _module_path(node), "op": f"linear {tuple(w.shape[::-1]) if w is not None else ''}"}
+                row = {"layer": module_path(node), "op": f"linear {tuple(w.shape[::-1]) if w is not None else ''}"}
                 self.rows.append(row)
                 if w is None or (len(node.args) > 2 and node.args[2] is not None and b is None):
                     row["became"] = "ATen (weight computed in the graph)"
@@ -362,7 +363,7 @@ class Lowering:
         cout, cin_g, kh, kw = w.shape if w is not None else (0, 0, 0, 0)
         cin = cin_g * groups
         desc = f"conv {kh}x{kw}/s{stride[0]}" + (f" groups={groups}" if groups > 1 else "") + f" {cin}->{cout}"
-        row = {"layer": _module_path(node), "op": desc}
+        row = {"layer": module_path(node), "op": desc}
         self.rows.append(row)
         if w is None or (b_node is not None and b is None):
             row["became"] = "ATen (weight computed in the graph)"
@@ -392,7 +393,7 @@ class Lowering:
         w, b, scale = self.const(w_node), self.const(b_node), self.const(s_node)
         p, c, k, _ = w.shape if w is not None else (0, 0, 0, 0)
         subs = ((k + 1) // 2 if spatial else 1) * (delta // g + 1)
-        row = {"layer": _module_path(node), "op": f"versatile {k}x{k}/s{stride[0]} {c}->{p * subs} "
+        row = {"layer": module_path(node), "op": f"versatile {k}x{k}/s{stride[0]} {c}->{p * subs} "
                                                  f"({p} primary filters x {subs} sub-filters)"}
         self.rows.append(row)
         if w is None or (b_node is not None and b is None) or (s_node is not None and scale is None):

@@ -24,6 +24,7 @@ import torch.utils._pytree as pytree
 from torch.fx._pytree import tree_flatten_spec
 
 from .. import kernels
+from .graph import module_path
 
 _NATIVE = ("gemm", "conv_gemm", "versatile_gemm", "depthwise_hwc", "global_avg_pool", "dw_gemm")
 _ARENA_ALIGN = 64
@@ -92,15 +93,26 @@ class _Recorder(fx.Interpreter):
 
 class ProgramRunner:
     """A Program for one graph and input signature: call with the graph's flat inputs.
-    ``arena``: (node name, offset, bytes, first step, last step) of each tensor placed there."""
+    ``arena``: (node name, offset, bytes, first step, last step) of each tensor placed there;
+    ``layers``: per step, (the model's layer it computes, the operator)."""
 
-    def __init__(self, program, outputs: list, out_spec, arena: list):
-        self.program, self.outputs, self.out_spec, self.arena = program, outputs, out_spec, arena
+    def __init__(self, program, outputs: list, out_spec, arena: list, layers: list):
+        self.program, self.outputs, self.out_spec, self.arena, self.layers = program, outputs, out_spec, arena, layers
+
+    def _slots(self):
+        return [s for kind, s in self.outputs if kind == "slot"]
+
+    def _tree(self, values):
+        got = iter(values)
+        return pytree.tree_unflatten([next(got) if kind == "slot" else v for kind, v in self.outputs], self.out_spec)
 
     def __call__(self, flat_inputs):
-        got = iter(self.program.run(list(flat_inputs), [s for kind, s in self.outputs if kind == "slot"]))
-        flat = [next(got) if kind == "slot" else value for kind, value in self.outputs]
-        return pytree.tree_unflatten(flat, self.out_spec)
+        return self._tree(self.program.run(list(flat_inputs), self._slots()))
+
+    def profile(self, flat_inputs, rounds: int = 20) -> list[tuple[str, str, float]]:
+        """(layer, operator, median seconds) per step over `rounds` calls."""
+        runs = [self.program.run_timed(list(flat_inputs), self._slots())[1] for _ in range(rounds)]
+        return [(layer, op, sorted(r[k] for r in runs)[len(runs) // 2]) for k, (layer, op) in enumerate(self.layers)]
 
 
 def flat_inputs(gm: fx.GraphModule, args, kwargs) -> list:
@@ -194,7 +206,8 @@ def _compile(gm, meta, nodes, calls) -> ProgramRunner | None:
             return None
     arena = _plan_arena(program, meta, calls, step_of, slot, last_read, out_leaves)
     outputs = [("slot", slot[v]) if isinstance(v, fx.Node) else ("const", v) for v in out_leaves]
-    return ProgramRunner(program, outputs, gm._out_spec, arena)
+    layers = [(n.meta["row"]["layer"] if "row" in n.meta else module_path(n), _schema_of(n.target)[0]) for n in calls]
+    return ProgramRunner(program, outputs, gm._out_spec, arena, layers)
 
 
 def arena_blocks(meta, calls, step_of, slot, last_read, out_leaves) -> list[tuple[fx.Node, int, int, int]]:

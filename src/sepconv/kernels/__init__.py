@@ -9,7 +9,7 @@ says why, a warning says so once, and the pure-PyTorch algorithms serve every ca
 
 Example:
     >>> from sepconv import kernels
-    >>> kernels.isa() in ("avx512", "avx2", "generic", None)
+    >>> kernels.isa() in ("avx512bf16", "avx512", "avx2", "generic", None)
     True
 """
 
@@ -55,8 +55,9 @@ def unavailable_reason() -> str:
 
 
 def isa() -> str | None:
-    """The instruction set of the kernels in use ("avx512", "avx2" or "generic"), None
-    without the extension. ``SEPCONV_ISA`` may ask for a lower one than the CPU has."""
+    """The instruction set of the kernels in use ("avx512bf16", "avx512", "avx2" or
+    "generic"), None without the extension. ``SEPCONV_ISA`` may ask for a lower one than the
+    CPU has."""
     module = load()
     return module.isa() if module is not None else None
 

@@ -56,16 +56,13 @@ const KernelSet& kernels() {
     const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (avx512 && (w.empty() || w == "avx512")) {
-      KernelSet set = avx512::kernel_set();
-      if (!__builtin_cpu_supports("avx512bf16")) {
-        set.gemm_pack_bf16 = nullptr, set.gemm_bf16 = nullptr, set.gemm_bf16_kind = "none";
-      } else if (set.gemm_bf16_amx && amx_usable()) {
-        set.gemm_bf16 = set.gemm_bf16_amx, set.gemm_bf16_kind = "amx", set.gemm_mr_bf16 = set.gemm_mr_amx;
-      }
+    if (avx512 && __builtin_cpu_supports("avx512bf16") && (w.empty() || w == "avx512bf16")) {
+      KernelSet set = avx512bf16::kernel_set();
+      if (amx_usable()) set.gemm_bf16 = set.gemm_bf16_amx, set.gemm_bf16_kind = "amx", set.gemm_mr_bf16 = set.gemm_mr_amx;
       return set;
     }
-    if (avx2 && (w.empty() || w == "avx512" || w == "avx2")) return without_bf16(avx2::kernel_set());
+    if (avx512 && (w.empty() || w == "avx512bf16" || w == "avx512")) return without_bf16(avx512::kernel_set());
+    if (avx2 && (w.empty() || w == "avx512bf16" || w == "avx512" || w == "avx2")) return without_bf16(avx2::kernel_set());
 #endif
     return without_bf16(generic::kernel_set());
   }();

@@ -32,7 +32,8 @@ template <> struct IO<float> {
   static void put(float* p, float v) { *p = v; }
 };
 // bfloat16 is widened to float32 on load (its 16 bits are the float's top half) and rounded
-// to nearest even on store, NaN kept a (quiet) NaN.
+// to nearest even on store, NaN kept a (quiet) NaN (with AVX512-BF16 instructions, which also
+// flush denormals, where the set has them: SEPCONV_BF16_INSNS).
 inline float bf16_to_float(uint16_t h) { uint32_t u = uint32_t(h) << 16; float f; std::memcpy(&f, &u, 4); return f; }
 inline uint16_t float_to_bf16(float f) {
   uint32_t u; std::memcpy(&u, &f, 4);
@@ -41,15 +42,28 @@ inline uint16_t float_to_bf16(float f) {
 }
 template <> struct IO<bf16> {
   static vf load(const bf16* p) {
+#ifdef SEPCONV_BF16_INSNS
+    // word i to the top half of lane i, the bottom halves zeroed: one permute (a widening
+    // move and a shift took one more port-0 slot from the FMAs)
+    const __m512i h = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    const __m512i idx = _mm512_set_epi16(15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0, 7, 0, 6, 0, 5, 0, 4, 0,
+                                         3, 0, 2, 0, 1, 0, 0, 0);
+    return (vf)_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, idx, h);
+#else
     const vh h = *reinterpret_cast<const vh_mem*>(p);
     return (vf)(__builtin_convertvector(h, vu) << 16);
+#endif
   }
   static void store(bf16* p, vf v) {
+#ifdef SEPCONV_BF16_INSNS
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh((__m512)v));
+#else
     const vu u = (vu)v;
     vu nan = (u & 0x7fffffffu) > 0x7f800000u;               // lanes that are NaN
     vu rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;    // round to nearest even
     vu result = (nan & 0x7fc0u) | (~nan & rounded);
     *reinterpret_cast<vh_mem*>(p) = __builtin_convertvector(result, vh);
+#endif
   }
   static float get(const bf16* p) { return bf16_to_float(p->bits); }
   static void put(bf16* p, float v) { p->bits = float_to_bf16(v); }

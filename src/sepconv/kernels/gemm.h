@@ -163,13 +163,12 @@ void gemm_f32(const GemmArgs& g, const void* packed) {
   }
 }
 
-#if SEPCONV_VL == 16 && defined(SEPCONV_TARGET)
+#ifdef SEPCONV_BF16_INSNS
 // bfloat16 with AVX512-BF16 dot products: vdpbf16ps adds a[k] b[k] + a[k+1] b[k+1] to each
 // float32 lane, so B is packed by pairs of k: per pair, NR columns x (k, k+1) as 2 * NR halves
 // (k >= K zero; gemm_bf16_pairs(K) pairs per panel), and A is broadcast a pair (32 bits) at a
 // time. Accumulation is
 // float32; the epilogue is the float32 one, rounding C to bfloat16 once.
-#define SEPCONV_BF16_TARGET __attribute__((target(SEPCONV_TARGET ",avx512bf16")))
 
 void gemm_pack_bf16(const float* w, int64_t N, int64_t K, void* out) {
   uint16_t* o = static_cast<uint16_t*>(out);
@@ -187,7 +186,7 @@ void gemm_pack_bf16(const float* w, int64_t N, int64_t K, void* out) {
 // (read, as in gemm_tile, through one pointer per three rows), or k-major (a32[kp * MR + i])
 // if PACKED.
 template <int MR, bool PACKED>
-SEPCONV_BF16_TARGET void gemm_tile_bf16(const GemmArgs& g, const void* a, const uint16_t* panel, int64_t m,
+void gemm_tile_bf16(const GemmArgs& g, const void* a, const uint16_t* panel, int64_t m,
                                         int64_t n0, int ncols) {
   constexpr int Q = (MR + 2) / 3;
   const int64_t full = g.K / 2, lda = g.lda;
@@ -227,7 +226,7 @@ SEPCONV_BF16_TARGET void gemm_tile_bf16(const GemmArgs& g, const void* a, const 
 }
 
 template <bool PACKED>
-SEPCONV_BF16_TARGET void gemm_unit_bf16(const GemmArgs& g, const void* a, const uint16_t* packed, int64_t m0,
+void gemm_unit_bf16(const GemmArgs& g, const void* a, const uint16_t* packed, int64_t m0,
                                         int64_t m1, int64_t p0, int64_t p1) {
   const int64_t panel_halves = gemm_bf16_pairs(g.ldb ? g.ldb : g.K) * 2 * GEMM_NR;
   for (int64_t m = m0; m < m1; m += GEMM_MR) {
@@ -278,7 +277,6 @@ void gemm_bf16(const GemmArgs& g, const void* packed) {
 // nothing but zeros). A call on columns of a
 // larger B (gemm_program's, ldb > K) has the next columns' weights past its K, not zeros:
 // there the k past the last whole 32 are added by vdpbf16ps, on the stored tiles.
-#define SEPCONV_AMX_TARGET __attribute__((target(SEPCONV_TARGET ",avx512bf16,amx-tile,amx-bf16")))
 constexpr int AMX_MR = 32;
 // Below this many rows the accumulator tiles are mostly empty: vdpbf16ps does the call.
 constexpr int64_t AMX_MIN_M = 16;
@@ -291,7 +289,7 @@ struct alignas(64) AmxConfig {
 
 // Every tile 16 rows x 64 bytes: accumulators 0-3, A 4-5, B 6-7. Tile configuration belongs
 // to the thread, so each unit of work loads it and releases the tiles when done.
-SEPCONV_AMX_TARGET inline void amx_configure() {
+inline void amx_configure() {
   AmxConfig cfg{};
   cfg.palette = 1;
   for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
@@ -301,7 +299,7 @@ SEPCONV_AMX_TARGET inline void amx_configure() {
 // Rows [m, m + rows) times one panel, written at columns [n0, n0 + ncols): `a` holds 32 rows
 // (stride lda halves) of `blocks` whole tiles of 32 k, after which the k up to K are added
 // with vdpbf16ps (none when the tiles cover K). buf: 32 x 32 floats.
-SEPCONV_AMX_TARGET void gemm_block_amx(const GemmArgs& g, const uint16_t* a, int64_t lda, int64_t blocks,
+void gemm_block_amx(const GemmArgs& g, const uint16_t* a, int64_t lda, int64_t blocks,
                                        const uint16_t* panel, int64_t m, int rows, int64_t n0, int ncols,
                                        float* buf) {
   const int64_t stride_a = lda * 2, pair_row = 2 * GEMM_NR;
@@ -347,7 +345,7 @@ SEPCONV_AMX_TARGET void gemm_block_amx(const GemmArgs& g, const uint16_t* a, int
   }
 }
 
-SEPCONV_AMX_TARGET void gemm_unit_amx(const GemmArgs& g, const uint16_t* a, const uint16_t* packed, int64_t m0,
+void gemm_unit_amx(const GemmArgs& g, const uint16_t* a, const uint16_t* packed, int64_t m0,
                                       int64_t m1, int64_t p0, int64_t p1) {
   const int64_t panel_halves = gemm_bf16_pairs(g.ldb ? g.ldb : g.K) * 2 * GEMM_NR;
   const bool whole = g.ldb == 0 || g.ldb == g.K;     // zeros past K in B

@@ -154,9 +154,11 @@ namespace generic { const KernelSet& kernel_set(); }
 #if defined(__x86_64__)
 namespace avx2 { const KernelSet& kernel_set(); }
 namespace avx512 { const KernelSet& kernel_set(); }
+namespace avx512bf16 { const KernelSet& kernel_set(); }
 #endif
-// The best set this CPU can run (AVX-512, AVX2, then generic), or the one named by the
-// environment variable SEPCONV_ISA (generic, avx2, avx512) if this CPU can run it.
+// The best set this CPU can run (AVX-512 with AVX512-BF16, AVX-512, AVX2, then generic), or
+// the one named by the environment variable SEPCONV_ISA (generic, avx2, avx512, avx512bf16)
+// if this CPU can run it.
 const KernelSet& kernels();
 
 }  // namespace sepconv

@@ -9,6 +9,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
 
+#include <chrono>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -94,12 +95,31 @@ class Program {
 
   // Inputs fill slots 0.. in order; returns the values of `outputs` (slots).
   std::vector<at::Tensor> run(const std::vector<at::Tensor>& inputs, const std::vector<int64_t>& outputs) {
+    return execute(inputs, outputs, nullptr);
+  }
+
+  // run, and the seconds each step took (for per-layer profiles).
+  std::pair<std::vector<at::Tensor>, std::vector<double>> run_timed(const std::vector<at::Tensor>& inputs,
+                                                                    const std::vector<int64_t>& outputs) {
+    std::vector<double> seconds(steps_.size());
+    auto out = execute(inputs, outputs, &seconds);
+    return {out, seconds};
+  }
+
+  int64_t steps() const { return (int64_t)steps_.size(); }
+  int64_t arena_bytes() const { return arena_.defined() ? arena_.numel() : 0; }
+
+ private:
+  std::vector<at::Tensor> execute(const std::vector<at::Tensor>& inputs, const std::vector<int64_t>& outputs,
+                                  std::vector<double>* seconds) {
     std::lock_guard<std::mutex> lock(mutex_);   // one call at a time: the arena is shared
     std::vector<c10::IValue> slot(n_slots_);
     TORCH_CHECK((int64_t)inputs.size() <= n_slots_, "sepconv program: too many inputs");
     for (size_t i = 0; i < inputs.size(); ++i) slot[i] = inputs[i];
     std::vector<c10::IValue> stack;
-    for (const Step& step : steps_) {
+    for (size_t k = 0; k < steps_.size(); ++k) {
+      const Step& step = steps_[k];
+      const auto t0 = seconds ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
       stack.assign(step.args.begin(), step.args.end());
       for (const auto& [i, s] : step.slots) stack[i] = slot[s];
       for (const auto& [i, ss] : step.slot_lists) {
@@ -113,6 +133,7 @@ class Program {
       for (size_t r = 0; r < step.outs.size() && r < stack.size(); ++r)
         if (step.outs[r] >= 0) slot[step.outs[r]] = std::move(stack[r]);
       for (int64_t s : step.frees) slot[s] = c10::IValue();
+      if (seconds) (*seconds)[k] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
     std::vector<at::Tensor> out;
     for (int64_t s : outputs) {
@@ -123,10 +144,6 @@ class Program {
     return out;
   }
 
-  int64_t steps() const { return (int64_t)steps_.size(); }
-  int64_t arena_bytes() const { return arena_.defined() ? arena_.numel() : 0; }
-
- private:
   void check_slot(int64_t s) const { TORCH_CHECK(s < n_slots_, "sepconv program: slot ", s, " out of range"); }
 
   int64_t n_slots_;
@@ -144,6 +161,7 @@ void bind_program(py::module& m) {
       .def("set_arena", &Program::set_arena)
       .def("set_hint", &Program::set_hint)
       .def("run", &Program::run, py::call_guard<py::gil_scoped_release>())
+      .def("run_timed", &Program::run_timed, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("steps", &Program::steps)
       .def_property_readonly("arena_bytes", &Program::arena_bytes);
 }

@@ -39,7 +39,7 @@ const Variant<BackwardFn> BACKWARD[] = {
   {TN "_2d_f4x4", 4, true, D, &winograd2d_kernel<T, 4>},
 const WinogradVariant WINOGRAD[] = {SEPCONV_DTYPES(WINO, 0)};
 
-#if SEPCONV_VL == 16 && defined(SEPCONV_TARGET)
+#ifdef SEPCONV_BF16_INSNS
 #define SEPCONV_GEMM_BF16 gemm_pack_bf16, gemm_bf16, gemm_bf16_amx, AMX_MR
 #else
 #define SEPCONV_GEMM_BF16 nullptr, nullptr, nullptr, 0
