@@ -85,12 +85,22 @@ def _signature(args, kwargs):
 
 def _to_compute(tree, dtype):
     """Floating-point tensors to the compute dtype, 4-D ones channels_last."""
-    def convert(x):
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            return x
-        x = x.to(dtype)
-        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-    return pytree.tree_map(convert, tree)
+    return pytree.tree_map(lambda x: _compute_tensor(x, dtype), tree)
+
+
+def _compute_tensor(x, dtype):
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return x
+    # (one converting copy, not a cast and then a layout change)
+    return x.to(dtype=dtype, memory_format=torch.channels_last) if x.dim() == 4 else x.to(dtype)
+
+
+def _fast_key(args, kwargs):
+    """The key of a call whose inputs are tensors only, given by position (the common case,
+    served without pytrees), or None."""
+    if kwargs or not all(isinstance(a, torch.Tensor) for a in args):
+        return None
+    return tuple((a.shape, a.dtype, a.device) for a in args)
 
 
 class OptimizedModel(nn.Module):
@@ -116,6 +126,7 @@ class OptimizedModel(nn.Module):
         self.loaded_report: str | None = None   # a loaded model's report, as text
         self.executor = "program"
         self._programs: dict = {}       # plan name -> its ProgramRunner (None: the graph runs in Python)
+        self._fast: dict = {}           # _fast_key -> (ProgramRunner, output dtype)
 
     def train(self, mode: bool = True):
         """An inference model has no training mode: model.eval() and model.train() change
@@ -146,6 +157,16 @@ class OptimizedModel(nn.Module):
         return name
 
     def forward(self, *args, **kwargs):
+        key = _fast_key(args, kwargs)
+        fast = self._fast.get(key) if key is not None and self.executor == "program" else None
+        if fast is not None:
+            runner, out_dtype = fast
+            with torch.inference_mode():
+                out = runner([_compute_tensor(a, self.dtype) for a in args])
+                if isinstance(out, torch.Tensor):
+                    return out.to(out_dtype) if out.is_floating_point() else out
+                return pytree.tree_map(
+                    lambda y: y.to(out_dtype) if isinstance(y, torch.Tensor) and y.is_floating_point() else y, out)
         with torch.inference_mode():
             leaves, _ = _leaves(args, kwargs)
             out_dtype = next((x.dtype for x in leaves if isinstance(x, torch.Tensor) and x.is_floating_point()), None)
@@ -156,6 +177,9 @@ class OptimizedModel(nn.Module):
                 out = gm(*cargs, **ckwargs)
             elif name not in self._programs:   # the first call records the graph and builds its Program
                 self._programs[name], out = program.build(gm, cargs, ckwargs)
+                if key is not None and self._programs[name] is not None and out_dtype is not None:
+                    # tensors by position flatten to themselves: later calls go straight to the Program
+                    self._fast[key] = (self._programs[name], out_dtype)
             elif self._programs[name] is None:
                 out = gm(*cargs, **ckwargs)
             else:
