@@ -26,13 +26,18 @@ def block_of(path: str) -> str:
 
 
 def onnx_module_path(node_name: str) -> str:
-    """The module path in a node name of torch.onnx.export ("/features/features.3/depthwise/Conv"
-    -> "features.3.depthwise"); names without a scope (nodes ONNX Runtime added) give ""."""
-    parts = [p for p in node_name.split("/") if p][:-1]
-    path = ""
-    for p in parts:
-        path = p if not path or p.startswith(path + ".") else f"{path}.{p}"
-    return path
+    """The module path in a node name of torch.onnx.export: its scopes name each module by its
+    qualified name within the nearest ancestor scope they extend ("/features/features.1/conv/
+    conv.0/conv.0.0/Conv": "features.1" extends "features", "conv.0.0" extends "conv.0"), so
+    the path joins the last scope of each such chain ("features.1.conv.0.0"); names without a
+    scope (nodes the runtime added) give ""."""
+    chain: list[str] = []
+    for p in [p for p in node_name.split("/") if p][:-1]:
+        if chain and p.startswith(chain[-1] + "."):
+            chain[-1] = p
+        else:
+            chain.append(p)
+    return ".".join(chain)
 
 
 def sepconv_profile(runner, flat_inputs, rounds: int) -> dict:
