@@ -50,17 +50,21 @@ def sepconv_profile(runner, flat_inputs, rounds: int) -> dict:
     return blocks
 
 
-def onnxruntime_profile(session_factory, feed, rounds: int, warmup: int) -> dict:
+def onnxruntime_profile(session_factory, feed, rounds: int, warmup: int, folder) -> dict:
     """Per-node medians of ONNX Runtime's own profile over the last `rounds` runs, summed by
-    block. session_factory(options) builds the session from default options with profiling on."""
+    block. session_factory(options) builds the session from default options with profiling on;
+    the profile is written in `folder`."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.enable_profiling = True
+    options.profile_file_prefix = str(Path(folder) / "onnxruntime_profile")
     sess = session_factory(options)
     for _ in range(warmup + rounds):
         sess.run(None, feed)
-    events = json.loads(Path(sess.end_profiling()).read_text())
+    trace = Path(sess.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
     per_node: dict = {}
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):

@@ -86,7 +86,7 @@ def profile(runtime: str, folder: Path, batch: int, rounds: int) -> dict:
 
         path = str(folder / f"model_b{batch}.onnx")
         factory = lambda options: ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        return prof.onnxruntime_profile(factory, {"x": x.numpy()}, rounds, warmup=10)
+        return prof.onnxruntime_profile(factory, {"x": x.numpy()}, rounds, warmup=10, folder=folder)
     if runtime == "profile_openvino":
         import openvino as ov
 
