@@ -723,19 +723,27 @@ at::Tensor global_avg_pool(const at::Tensor& x_in, bool keepdim) {
   RECORD_FUNCTION("sepconv::global_avg_pool", c10::ArrayRef<const c10::IValue>{});
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
-  auto acc = at::zeros({B, C}, x.options().dtype(at::kFloat));
-  float* a = acc.data_ptr<float>();
-  auto sum = [&](auto* p) {
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        for (int64_t q = 0; q < P; ++q)
-          for (int64_t c = 0; c < C; ++c) a[b * C + c] += static_cast<float>(p[(b * P + q) * C + c]);
+  auto y = at::empty({B, C}, x.options());
+  // tasks of (image, 64 channels), float32 sums in a local array (the compiler keeps it in
+  // registers; summing into the output in place aliased the input and ran element by element)
+  constexpr int64_t CB = 64;
+  const int64_t blocks = (C + CB - 1) / CB;
+  auto run = [&](const auto* p, auto* out) {
+    using T = std::remove_cv_t<std::remove_pointer_t<decltype(out)>>;
+    at::parallel_for(0, B * blocks, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / blocks, c0 = t % blocks * CB, n = std::min(CB, C - c0);
+        float acc[CB] = {};
+        for (int64_t q = 0; q < P; ++q) {
+          const auto* row = p + (b * P + q) * C + c0;
+          for (int64_t c = 0; c < n; ++c) acc[c] += static_cast<float>(row[c]);
+        }
+        for (int64_t c = 0; c < n; ++c) out[b * C + c0 + c] = static_cast<T>(acc[c] / static_cast<float>(P));
+      }
     });
   };
-  if (x.scalar_type() == at::kBFloat16) sum(x.data_ptr<c10::BFloat16>());
-  else sum(x.data_ptr<float>());
-  acc.div_(static_cast<double>(P));
-  at::Tensor y = acc.to(x.scalar_type());
+  if (x.scalar_type() == at::kBFloat16) run(x.data_ptr<c10::BFloat16>(), y.data_ptr<c10::BFloat16>());
+  else run(x.data_ptr<float>(), y.data_ptr<float>());
   return keepdim ? y.view({B, C, 1, 1}) : y;
 }
 
