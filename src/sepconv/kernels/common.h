@@ -149,9 +149,30 @@ inline void interior(const Geometry& g, int& lo, int& hi) {
 // as ATen's vectorised CPU code (Cephes-style exp; erf by Abramowitz & Stegun 7.1.26).
 
 // exp(x) for float32 lanes: x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-6 polynomial
-// (relative error about 1 ulp), 2^n built in the exponent bits; 0 below -87.3, inf above
-// 88.4, NaN kept.
+// (relative error about 1 ulp), 2^n built in the exponent bits; 0 below -87.3 (-87 on
+// AVX-512), inf above 88.4, NaN kept.
 inline vf vexp(vf x) {
+#if SEPCONV_VL == 16
+  // AVX-512: n by one rounding, 2^n applied by vscalefps, which also makes the overflow inf
+  // (half the instructions of the general form). Below -87 the result is 0 (exp(-87) = 1.6e-38,
+  // near the smallest normal float): at the bound a result can fall just under it, and a
+  // denormal result takes a microcode assist (GELU's exp(-x^2), clamped there for |x| > 9.3,
+  // ran 4x slower). max/min with x second pass NaN through.
+  const __m512 lo = _mm512_set1_ps(-87.0f);
+  const __m512 xc = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(lo, (__m512)x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vf r = (vf)xc - (vf)n * 0.693359375f + (vf)n * 2.12194440e-4f;
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const __m512 y = _mm512_scalef_ps((__m512)p, n);
+  return (vf)_mm512_mask_blend_ps(_mm512_cmp_ps_mask((__m512)x, lo, _CMP_LT_OQ), y, _mm512_setzero_ps());
+#else
   const vf hi = splat(88.3762626647949f), lo = splat(-87.3365447505531f);
   const vf xc = x > hi ? hi : (x < lo ? lo : x);
   const vf fx = xc * 1.44269504088896341f + 0.5f;
@@ -169,11 +190,26 @@ inline vf vexp(vf x) {
   vf out = x > hi ? splat(__builtin_inff()) : p * (vf)e;
   out = x < lo ? vf{} : out;
   return x != x ? x : out;
+#endif
+}
+
+// 1 / x for the activations' denominators (1 or more, or inf): on AVX-512 the 14-bit
+// reciprocal and one Newton step (about 1 ulp; a division occupies the divider for 16 cycles
+// per vector, which made a SiLU epilogue cost more than the 16 -> 96 channel GEMM it follows),
+// elsewhere a division. (1 / inf is the reciprocal's 0: the Newton step would make it NaN.)
+inline vf vrecip(vf x) {
+#if SEPCONV_VL == 16
+  const vf r = (vf)_mm512_rcp14_ps((__m512)x);
+  const vf y = r * (2.0f - x * r);
+  return r == 0 ? r : y;
+#else
+  return 1.0f / x;
+#endif
 }
 
 inline vf verf(vf x) {
   const vf ax = x < 0 ? -x : x;
-  const vf t = 1.0f / (ax * 0.3275911f + 1.0f);
+  const vf t = vrecip(ax * 0.3275911f + 1.0f);
   vf r = splat(1.061405429f);
   r = r * t - 1.453152027f;
   r = r * t + 1.421413741f;
@@ -183,12 +219,12 @@ inline vf verf(vf x) {
   return x < 0 ? -y : y;
 }
 
-inline vf act_general(vf x, Act a) {
+inline __attribute__((always_inline)) vf act_general(vf x, Act a) {
   switch (a.kind) {
     case ACT_RELU: return x < 0 ? vf{} : x;
     case ACT_CLAMP: return x < a.lo ? splat(a.lo) : (x > a.hi ? splat(a.hi) : x);
-    case ACT_SILU: return x / (1.0f + vexp(-x));
-    case ACT_SIGMOID: return 1.0f / (1.0f + vexp(-x));
+    case ACT_SILU: return x * vrecip(1.0f + vexp(-x));
+    case ACT_SIGMOID: return vrecip(1.0f + vexp(-x));
     case ACT_HARDSWISH: {
       vf t = x + 3.0f;
       t = t < 0 ? vf{} : (t > 6.0f ? splat(6.0f) : t);
@@ -197,7 +233,7 @@ inline vf act_general(vf x, Act a) {
     case ACT_GELU: return 0.5f * x * (1.0f + verf(x * 0.70710678118654752f));
     case ACT_GELU_TANH: {
       const vf u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-      const vf th = 1.0f - 2.0f / (vexp(2.0f * u) + 1.0f);   // tanh(u)
+      const vf th = 1.0f - 2.0f * vrecip(vexp(2.0f * u) + 1.0f);   // tanh(u)
       return 0.5f * x * (1.0f + th);
     }
     default: return x;
@@ -205,6 +241,30 @@ inline vf act_general(vf x, Act a) {
 }
 
 __attribute__((noinline)) inline vf act_out_of_line(vf x, Act a) { return act_general(x, a); }
+
+// An activation on n vectors in place, the kind chosen once and four vectors at a time: their
+// polynomial chains interleave (one vector per call waited on each chain's latency: a SiLU
+// epilogue cost twice the 16 -> 96 channel GEMM before it).
+__attribute__((noinline)) inline void act_vectors(vf* v, int n, Act a) {
+  auto each = [&](auto f) INLINE_LAMBDA {
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+      const vf x0 = f(v[i]), x1 = f(v[i + 1]), x2 = f(v[i + 2]), x3 = f(v[i + 3]);
+      v[i] = x0, v[i + 1] = x1, v[i + 2] = x2, v[i + 3] = x3;
+    }
+    for (; i < n; ++i) v[i] = f(v[i]);
+  };
+  switch (a.kind) {
+    case ACT_SILU: each([](vf x) INLINE_LAMBDA { return act_general(x, Act{ACT_SILU}); }); break;
+    case ACT_SIGMOID: each([](vf x) INLINE_LAMBDA { return act_general(x, Act{ACT_SIGMOID}); }); break;
+    case ACT_GELU: each([](vf x) INLINE_LAMBDA { return act_general(x, Act{ACT_GELU}); }); break;
+    case ACT_GELU_TANH: each([](vf x) INLINE_LAMBDA { return act_general(x, Act{ACT_GELU_TANH}); }); break;
+    default: each([&](vf x) INLINE_LAMBDA { return act_general(x, a); }); break;
+  }
+}
+
+// Whether an activation is applied in registers (none, ReLU, clamp), or by act_vectors.
+inline bool act_inline(const Act& a) { return a.kind <= ACT_CLAMP; }
 
 // An activation on one vector: ReLU and clamp inline, the others out of line (epilogues of
 // GEMM tiles; a call per vector for ReLU6 made a 16 -> 96 channel 1x1 convolution 5x slower).

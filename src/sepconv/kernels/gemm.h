@@ -26,30 +26,41 @@ void gemm_pack_f32(const float* w, int64_t N, int64_t K, void* packed) {
       }
 }
 
-// The epilogue of one row of a tile: two vectors of accumulators for columns [n0, n0 + NR).
+// The epilogue of `rows` rows of a tile, c[2 * r], c[2 * r + 1] the accumulators of row m + r,
+// columns [n0, n0 + NR): accum, scale, bias, act1, residual, act2, store. ReLU and clamp are
+// applied vector by vector in registers; the other activations over the whole tile at once
+// (act_vectors).
 template <typename T>
-inline __attribute__((always_inline)) void gemm_store_row(vf c0, vf c1, const GemmArgs& g, int64_t m, int64_t n0,
-                                                          int ncols) {
+inline __attribute__((always_inline)) void gemm_epilogue(vf* c, int rows, const GemmArgs& g, int64_t m, int64_t n0,
+                                                         int ncols) {
   const int l0 = ncols >= VL ? VL : ncols, l1 = ncols >= 2 * VL ? VL : ncols - VL;
-  if (g.accum) {
-    const T* s = static_cast<const T*>(g.accum) + m * g.ldacc + n0;
-    c0 += load_lanes(s, l0);
-    if (l1 > 0) c1 += load_lanes(s + VL, l1);
+  for (int r = 0; r < rows; ++r) {
+    vf& c0 = c[2 * r];
+    vf& c1 = c[2 * r + 1];
+    if (g.accum) {
+      const T* s = static_cast<const T*>(g.accum) + (m + r) * g.ldacc + n0;
+      c0 += load_lanes(s, l0);
+      if (l1 > 0) c1 += load_lanes(s + VL, l1);
+    }
+    if (g.scale) { c0 *= loadf(g.scale + n0); c1 *= loadf(g.scale + n0 + VL); }
+    if (g.bias) { c0 += loadf(g.bias + n0); c1 += loadf(g.bias + n0 + VL); }
+    if (act_inline(g.act1)) { c0 = activate(c0, g.act1); c1 = activate(c1, g.act1); }
   }
-  if (g.scale) { c0 *= loadf(g.scale + n0); c1 *= loadf(g.scale + n0 + VL); }
-  if (g.bias) { c0 += loadf(g.bias + n0); c1 += loadf(g.bias + n0 + VL); }
-  c0 = activate(c0, g.act1);
-  c1 = activate(c1, g.act1);
+  if (!act_inline(g.act1)) act_vectors(c, 2 * rows, g.act1);
   if (g.residual) {
-    const T* r = static_cast<const T*>(g.residual) + m * g.ldr + n0;
-    c0 += load_lanes(r, l0);
-    if (l1 > 0) c1 += load_lanes(r + VL, l1);
-    c0 = activate(c0, g.act2);
-    c1 = activate(c1, g.act2);
+    for (int r = 0; r < rows; ++r) {
+      const T* s = static_cast<const T*>(g.residual) + (m + r) * g.ldr + n0;
+      c[2 * r] += load_lanes(s, l0);
+      if (l1 > 0) c[2 * r + 1] += load_lanes(s + VL, l1);
+      if (act_inline(g.act2)) { c[2 * r] = activate(c[2 * r], g.act2); c[2 * r + 1] = activate(c[2 * r + 1], g.act2); }
+    }
+    if (!act_inline(g.act2)) act_vectors(c, 2 * rows, g.act2);
   }
-  T* c = static_cast<T*>(g.c) + m * g.ldc + n0;
-  store_lanes(c, c0, l0);
-  if (l1 > 0) store_lanes(c + VL, c1, l1);
+  for (int r = 0; r < rows; ++r) {
+    T* out = static_cast<T*>(g.c) + (m + r) * g.ldc + n0;
+    store_lanes(out, c[2 * r], l0);
+    if (l1 > 0) store_lanes(out + VL, c[2 * r + 1], l1);
+  }
 }
 
 // A rows whose stride is a multiple of 4 KiB all fall into one L1 set (MR rows in an 8-way
@@ -99,8 +110,10 @@ void gemm_tile(const GemmArgs& g, const T* a, const float* panel, int64_t m, int
 #pragma GCC unroll 6
     for (int q = 0; q < Q; ++q) base[q] += PACKED ? MR : 1;
   }
+  vf c[2 * MR];
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) gemm_store_row<T>(acc0[i], acc1[i], g, m + i, n0, ncols);
+  for (int i = 0; i < MR; ++i) c[2 * i] = acc0[i], c[2 * i + 1] = acc1[i];
+  gemm_epilogue<T>(c, MR, g, m, n0, ncols);
 }
 
 // Rows [m0, m1) (whole tiles but the last) against panels [p0, p1), each tile of rows against
@@ -221,8 +234,10 @@ void gemm_tile_bf16(const GemmArgs& g, const void* a, const uint16_t* panel, int
       acc1[i] = _mm512_dpbf16_ps(acc1[i], (__m512bh)av, (__m512bh)b1);
     }
   }
+  vf c[2 * MR];
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) gemm_store_row<bf16>((vf)acc0[i], (vf)acc1[i], g, m + i, n0, ncols);
+  for (int i = 0; i < MR; ++i) c[2 * i] = (vf)acc0[i], c[2 * i + 1] = (vf)acc1[i];
+  gemm_epilogue<bf16>(c, MR, g, m, n0, ncols);
 }
 
 template <bool PACKED>
@@ -325,7 +340,7 @@ void gemm_block_amx(const GemmArgs& g, const uint16_t* a, int64_t lda, int64_t b
   _tile_stored(3, buf + 16 * 32 + 16, 128);
   const int64_t first = blocks * 16, pairs = g.K / 2;
   const bool odd = first < (g.K + 1) / 2 && g.K % 2;
-  for (int r = 0; r < rows; ++r) {
+  for (int r = 0; r < rows && first < (g.K + 1) / 2; ++r) {
     __m512 c0 = _mm512_loadu_ps(buf + r * 32), c1 = _mm512_loadu_ps(buf + r * 32 + 16);
     const uint16_t* ar = a + r * lda;
     const uint16_t* bp = panel + first * pair_row;
@@ -341,8 +356,11 @@ void gemm_block_amx(const GemmArgs& g, const uint16_t* a, int64_t lda, int64_t b
       c0 = _mm512_dpbf16_ps(c0, (__m512bh)av, (__m512bh)_mm512_loadu_si512(bp));
       c1 = _mm512_dpbf16_ps(c1, (__m512bh)av, (__m512bh)_mm512_loadu_si512(bp + GEMM_NR));
     }
-    gemm_store_row<bf16>((vf)c0, (vf)c1, g, m + r, n0, ncols);
+    _mm512_storeu_ps(buf + r * 32, c0);
+    _mm512_storeu_ps(buf + r * 32 + 16, c1);
   }
+  // (buf holds each row's two vectors side by side: 32 floats a row)
+  gemm_epilogue<bf16>(reinterpret_cast<vf*>(buf), rows, g, m, n0, ncols);
 }
 
 void gemm_unit_amx(const GemmArgs& g, const uint16_t* a, const uint16_t* packed, int64_t m0,
