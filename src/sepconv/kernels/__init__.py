@@ -64,6 +64,6 @@ def isa() -> str | None:
 
 def kernel_name(kind: str, kernel_size, stride, dilation, dtype) -> str:
     """The named kernel ("<isa>:<variant>") that serves a call on this machine, e.g.
-    ``kernel_name("forward", (5, 5), (2, 2), (1, 1), torch.float32) == "avx512:f32_5x5s2"``;
+    ``kernel_name("forward", (5, 5), (2, 2), (1, 1), torch.float32) == "avx512bf16:f32_5x5s2"``;
     "" where none does (``kind="backward"``: the one-pass backward serves listed shapes only)."""
     return load().kernel_name(kind, list(kernel_size), list(stride), list(dilation), dtype)
