@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from sepconv.bench import layers
@@ -66,3 +67,47 @@ def test_compare_drops_slow_candidates_and_times_the_rest_afresh():
     quick = Candidate("quick", lambda: None)
     compare([quick], rounds=20, warmup=0, drop_after=3, budget_s=0.0, min_rounds=2)
     assert len(quick.times) == 2
+
+
+def test_profile_blocks_name_the_models_modules():
+    from sepconv.bench.profile import block_of, onnx_module_path
+
+    assert block_of("features.3.depthwise") == "features.3"
+    assert block_of("blocks.2.1.conv_pw") == "blocks.2.1"
+    assert block_of("stages.1.blocks.2.conv_dw") == "stages.1.blocks.2"
+    assert block_of("features.0.2") == "features.0"
+    assert onnx_module_path("/features/features.1/conv/conv.0/conv.0.0/Conv") == "features.1.conv.0.0"
+    assert onnx_module_path("ReorderInput") == ""
+    # a fusion's op name appended as a scope is cut back to the model's module
+    fused = "/features/features.2/block/block.0/block.0.2/Mul/QuickGeluFusion/"
+    modules = {"features", "features.2", "features.2.block", "features.2.block.0", "features.2.block.0.2"}
+    assert onnx_module_path(fused) == "features.2.block.0.2.Mul"
+    assert onnx_module_path(fused, modules) == "features.2.block.0.2"
+    assert block_of(onnx_module_path(fused, modules)) == "features.2"
+
+
+def test_program_steps_name_their_layers_when_aten_serves_them():
+    """Each step of the Program names the model's layer it computes, ATen ops inserted by the
+    lowering included (never a graph node name such as "conv2d_default"); an op of the model's
+    own forward is named by its node ("mean")."""
+    from torch import nn
+
+    from sepconv.convert import optimize_for_inference
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.SiLU())
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.head(self.stem(x).mean((2, 3)))
+
+    torch.manual_seed(0)
+    m = optimize_for_inference(Net().eval(), torch.randn(2, 3, 16, 16))
+    if not m._programs:
+        pytest.skip("no native kernels: no Program")
+    (runner,) = m._programs.values()
+    layers = {layer for layer, _ in runner.layers}
+    assert layers <= {"stem.0", "stem.1", "stem.2", "head", "mean"}, layers
+    assert "head" in layers and "stem.0" in layers

@@ -78,6 +78,18 @@ def precision_of(runtime: str, description: str) -> str:
     return "fp32"
 
 
+def bf16_hardware() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX): without it, a
+    bfloat16 run only converts to float32 and back, and is no measurement of bfloat16."""
+    from .. import kernels
+
+    C = kernels.load()
+    return C is not None and C.gemm_bf16_supported()
+
+
+NO_BF16 = "no bfloat16 hardware on this CPU (neither AVX512-BF16 nor AMX)"
+
+
 def _run_worker(args, folder):
     cmd = [sys.executable, "-m", "sepconv.bench.worker", *map(str, args[:1]), str(folder), *map(str, args[1:])]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -94,6 +106,9 @@ def profile_model(name="mobilenet_v1_100", batches=(1, 8), size=224, rounds=20, 
         _prepare(name, batches, size, folder)
         for b in batches:
             for dt, ours, peer, theirs in pairs:
+                if dt == "bf16" and not bf16_hardware():
+                    progress(f"  profile batch {b} bf16: skipped ({NO_BF16})")
+                    continue
                 got = {}
                 for rt in (ours, theirs):
                     done = _run_worker([rt, b, rounds], folder)
@@ -118,6 +133,8 @@ def bench_model(name="mobilenet_v1_100", batches=(1, 8), size=224, rounds=ROUNDS
         folder = Path(tmp)
         refs, flops = _prepare(name, batches, size, folder)
         per_pass = max(1, rounds // passes)
+        if "sepconv_bf16" in runtimes and not bf16_hardware():
+            info.update({("sepconv_bf16", b): {"skipped": NO_BF16} for b in batches})
         for p in range(passes):
             for b in batches:
                 for rt in runtimes:

@@ -25,19 +25,25 @@ def block_of(path: str) -> str:
     return ".".join(parts[: end + 1])
 
 
-def onnx_module_path(node_name: str) -> str:
+def onnx_module_path(node_name: str, modules=None) -> str:
     """The module path in a node name of torch.onnx.export: its scopes name each module by its
     qualified name within the nearest ancestor scope they extend ("/features/features.1/conv/
     conv.0/conv.0.0/Conv": "features.1" extends "features", "conv.0.0" extends "conv.0"), so
     the path joins the last scope of each such chain ("features.1.conv.0.0"); names without a
-    scope (nodes the runtime added) give ""."""
+    scope (nodes the runtime added) give "". A runtime's fusion can append the fused node's op
+    as one more scope (".../block.0.2/Mul/QuickGeluFusion/"): with `modules` (the model's module
+    paths), the path is cut back to the longest one of them."""
     chain: list[str] = []
     for p in [p for p in node_name.split("/") if p][:-1]:
         if chain and p.startswith(chain[-1] + "."):
             chain[-1] = p
         else:
             chain.append(p)
-    return ".".join(chain)
+    path = ".".join(chain)
+    if modules is not None:
+        while path and path not in modules:
+            path = path.rpartition(".")[0]
+    return path
 
 
 def sepconv_profile(runner, flat_inputs, rounds: int) -> dict:
@@ -50,10 +56,10 @@ def sepconv_profile(runner, flat_inputs, rounds: int) -> dict:
     return blocks
 
 
-def onnxruntime_profile(session_factory, feed, rounds: int, warmup: int, folder) -> dict:
+def onnxruntime_profile(session_factory, feed, rounds: int, warmup: int, folder, modules=None) -> dict:
     """Per-node medians of ONNX Runtime's own profile over the last `rounds` runs, summed by
     block. session_factory(options) builds the session from default options with profiling on;
-    the profile is written in `folder`."""
+    the profile is written in `folder`; `modules` as for onnx_module_path."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -72,14 +78,14 @@ def onnxruntime_profile(session_factory, feed, rounds: int, warmup: int, folder)
     blocks: dict = {}
     for name, runs in per_node.items():
         last = sorted(d for d, _ in runs[-rounds:])
-        path = onnx_module_path(name)
+        path = onnx_module_path(name, modules)
         b = blocks.setdefault(block_of(path) if path else "(added by ONNX Runtime)", {"ms": 0.0, "ops": []})
         b["ms"] += last[len(last) // 2] / 1e3
         b["ops"].append(runs[-1][1])
     return blocks
 
 
-def openvino_profile(compile_model, feed, rounds: int, warmup: int) -> dict:
+def openvino_profile(compile_model, feed, rounds: int, warmup: int, modules=None) -> dict:
     """Per-node medians of OpenVINO's own counters (PERF_COUNT) over `rounds` runs, summed by
     block. compile_model(config) compiles with the runtime's config plus PERF_COUNT."""
     compiled = compile_model({"PERF_COUNT": "YES"})
@@ -94,7 +100,7 @@ def openvino_profile(compile_model, feed, rounds: int, warmup: int) -> dict:
     blocks: dict = {}
     for name, runs in per_node.items():
         times = sorted(t for t, _ in runs)
-        path = onnx_module_path(name)
+        path = onnx_module_path(name, modules)
         b = blocks.setdefault(block_of(path) if path else "(added by OpenVINO)", {"ms": 0.0, "ops": []})
         b["ms"] += times[len(times) // 2] * 1e3
         b["ops"].append(runs[-1][1])

@@ -81,22 +81,23 @@ def profile(runtime: str, folder: Path, batch: int, rounds: int) -> dict:
     from . import profile as prof
 
     x = torch.load(folder / f"input_b{batch}.pt")
+    model = torch.load(folder / "model.pt", weights_only=False).eval()
+    modules = {name for name, _ in model.named_modules() if name}
     if runtime == "profile_onnxruntime":
         import onnxruntime as ort
 
         path = str(folder / f"model_b{batch}.onnx")
         factory = lambda options: ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        return prof.onnxruntime_profile(factory, {"x": x.numpy()}, rounds, warmup=10, folder=folder)
+        return prof.onnxruntime_profile(factory, {"x": x.numpy()}, rounds, warmup=10, folder=folder, modules=modules)
     if runtime == "profile_openvino":
         import openvino as ov
 
         path = str(folder / f"model_b{batch}.onnx")
         compile_model = lambda extra: ov.Core().compile_model(path, "CPU", {"PERFORMANCE_HINT": "LATENCY", **extra})
-        return prof.openvino_profile(compile_model, {0: x.numpy()}, rounds, warmup=10)
+        return prof.openvino_profile(compile_model, {0: x.numpy()}, rounds, warmup=10, modules=modules)
     from ..convert import optimize_for_inference
     from ..convert.program import flat_inputs
 
-    model = torch.load(folder / "model.pt", weights_only=False).eval()
     dtype = torch.bfloat16 if runtime.endswith("bf16") else torch.float32
     m = optimize_for_inference(model, x, dtype)
     with torch.inference_mode():

@@ -131,6 +131,7 @@ def aten_subgraph(gm: fx.GraphModule, node: fx.Node, step: Step, x, residual, dt
         w = step.weight
     w_node = add_const(gm, w.to(dtype), node)
     b_node = None if step.bias is None else add_const(gm, step.bias.to(dtype), node)
+    before = set(graph.nodes)
     with graph.inserting_before(node):
         if step.kind == "gemm":
             y = graph.call_function(aten.conv2d.default if step.conv else aten.linear.default, (x, w_node, b_node))
@@ -148,13 +149,20 @@ def aten_subgraph(gm: fx.GraphModule, node: fx.Node, step: Step, x, residual, dt
             y = graph.call_function(aten.add.Tensor, (y, residual))
         if step.act2.kind != "none":
             y = _act_node(graph, y, step.act2)
+    layer = node.meta["row"]["layer"] if "row" in node.meta else module_path(node)
+    for n in graph.nodes:
+        if n not in before:
+            n.meta["layer"] = layer     # profiles and reports name the model's layer, not "conv2d_default"
     return y
 
 
 def module_path(node: fx.Node) -> str:
-    """The path of the model's module a graph node comes from (its own name if none)."""
+    """The path of the model's module a graph node comes from (its own name if none, or if it
+    is the model's own forward)."""
+    if "layer" in node.meta:
+        return node.meta["layer"]
     stack = node.meta.get("nn_module_stack") or {}
-    return next(reversed(stack.values()))[0] if stack else node.name
+    return (next(reversed(stack.values()))[0] if stack else "") or node.name
 
 
 def _describe_act(act: Act) -> str:
@@ -345,7 +353,7 @@ class Lowering:
                     node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False))
                 with self.graph.inserting_before(node):
                     new = self.graph.call_function(kernels.load().global_avg_pool, (node.args[0], keepdim))
-                new.meta["val"] = node.meta.get("val")
+                new.meta["val"], new.meta["layer"] = node.meta.get("val"), module_path(node)
                 node.replace_all_uses_with(new)
                 self.graph.erase_node(node)
             elif node.target is aten.linear.default:
