@@ -387,3 +387,30 @@ def test_autocast_bfloat16_like_nn_conv2d():
         got, want = layer(x), ref(x)
     assert got.dtype == want.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("nt_bytes", ["0", "1000000000000"])
+def test_streamed_stores_on_or_off_give_the_same_results(nt_bytes):
+    """SEPCONV_NT_BYTES=0 streams every output (aligned vectors; the rest stored normally), a
+    huge value none: forward and input gradient as F.conv2d's either way (float64 reference)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, torch.nn.functional as F\n"
+        "from sepconv.functional import depthwise_conv2d\n"
+        "torch.manual_seed(0)\n"
+        "for s in (1, 2):\n"
+        "    x = torch.randn(2, 40, 33, 31).contiguous(memory_format=torch.channels_last).requires_grad_()\n"
+        "    w = torch.randn(40, 1, 3, 3, requires_grad=True)\n"
+        "    y = depthwise_conv2d(x, w, stride=s, padding=1, algorithm='native')\n"
+        "    y.backward(torch.ones_like(y))\n"
+        "    x64, w64 = x.detach().double().requires_grad_(), w.detach().double()\n"
+        "    ref = F.conv2d(x64, w64, stride=s, padding=1, groups=40)\n"
+        "    ref.backward(torch.ones_like(ref))\n"
+        "    assert (y.double() - ref).abs().max() < 1e-4, s\n"
+        "    assert (x.grad.double() - x64.grad).abs().max() < 1e-4, s\n"
+        "print('ok')\n")
+    env = dict(os.environ, SEPCONV_NT_BYTES=nt_bytes)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

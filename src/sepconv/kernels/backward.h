@@ -51,7 +51,7 @@ void grad_input_rows(const T* dy, const float* w, T* dx, const Geometry& geom, c
   const bool pairs = g.kh == 3 && g.kw == 3 && g.sw == 2 && g.dil_w == 1 && g.C % VL == 0;
   // Streamed stores for a large dx, as the forward's output (measured 1.26-1.46x per training
   // step at stride 2 on MobileNet's batch-8 layers, 1.07-1.18x on 64x112x112 at batch 1).
-  const bool nt = g.N * g.H * g.W * g.C * (int64_t)sizeof(T) > NT_BYTES;
+  const bool nt = g.N * g.H * g.W * g.C * (int64_t)sizeof(T) > nt_bytes();
   std::vector<int> row_i(g.kh), row_oh(g.kh);
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / g.H, ih = row % g.H;

@@ -104,10 +104,19 @@ template <typename T> inline __attribute__((always_inline)) void store_lanes(T* 
 
 // Non-temporal store where possible: the output is not read again by this kernel, and
 // skipping the read-for-ownership saves a third of the memory traffic of large layers.
-// Used only for outputs larger than NT_BYTES, the two cores' L2: a smaller output is better
-// left in cache for the next layer to read. (At 4 MiB, 64x112x112 at batch 1, a 3.2 MB output,
-// measured 0.66-0.86x of 2 MiB.)
-constexpr int64_t NT_BYTES = 2 << 20;
+// Used only for outputs larger than nt_bytes(), by default 2 MiB, the two cores' L2: a smaller
+// output is better left in cache for the next layer to read. (On the Zen 4 machine, 4 MiB made
+// 64x112x112 at batch 1, a 3.2 MB output, 0.66-0.86x as fast as 2 MiB; on a Zen 3 VM streamed
+// stores were slower at every size to 12.8 MB, and SEPCONV_NT_BYTES=1000000000 made
+// MobileNetV1 at batch 8 112 -> 99 ms: which is faster depends on the machine, so the
+// threshold can be set.)
+inline int64_t nt_bytes() {
+  static const int64_t bytes = [] {
+    const char* e = std::getenv("SEPCONV_NT_BYTES");
+    return e && *e ? std::atoll(e) : int64_t(2) << 20;
+  }();
+  return bytes;
+}
 template <typename T> inline void stream_store(T* p, vf v, bool nt) { IO<T>::store(p, v); }
 #if defined(__x86_64__)
 template <> inline void stream_store(float* p, vf v, bool nt) {

@@ -42,7 +42,7 @@ void forward_rows(const T* x, const float* w, const float* b, T* y, const Geomet
   int lo, hi;
   interior(g, lo, hi);
   // (streamed stores leave the cache, where the activation pass would read them back)
-  const bool nt = g.N * g.OH * g.OW * g.C * (int64_t)sizeof(T) > NT_BYTES && !post && !g.cached_out;
+  const bool nt = g.N * g.OH * g.OW * g.C * (int64_t)sizeof(T) > nt_bytes() && !post && !g.cached_out;
   const bool prefetch = g.N * g.H * g.W * g.C * (int64_t)sizeof(T) > PREFETCH_BYTES;
   constexpr int OB = KH * KW <= 9 ? 8 : 4;
   for (int64_t row = begin, step = 1; row < end; row += step) {
