@@ -157,6 +157,20 @@ inline void interior(const Geometry& g, int& lo, int& hi) {
 // with NaN is false, so `x < 0 ? 0 : x` passes it through), and exp/erf are the same formulas
 // as ATen's vectorised CPU code (Cephes-style exp; erf by Abramowitz & Stegun 7.1.26).
 
+// exp(x - n ln2) for x - n ln2 within ln2/2: ln2 split in two (Cody-Waite) and a degree-6
+// polynomial, Cephes' expf coefficients.
+inline vf exp_reduced(vf x, vf n) {
+  const vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p;
+}
+
 // exp(x) for float32 lanes: x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-6 polynomial
 // (relative error about 1 ulp), 2^n built in the exponent bits; 0 below -87.3 (-87 on
 // AVX-512), inf above 88.4, NaN kept.
@@ -171,14 +185,7 @@ inline vf vexp(vf x) {
   const __m512 xc = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(lo, (__m512)x));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const vf r = (vf)xc - (vf)n * 0.693359375f + (vf)n * 2.12194440e-4f;
-  vf p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  const vf p = exp_reduced((vf)xc, (vf)n);
   const __m512 y = _mm512_scalef_ps((__m512)p, n);
   return (vf)_mm512_mask_blend_ps(_mm512_cmp_ps_mask((__m512)x, lo, _CMP_LT_OQ), y, _mm512_setzero_ps());
 #else
@@ -187,14 +194,7 @@ inline vf vexp(vf x) {
   const vf fx = xc * 1.44269504088896341f + 0.5f;
   vf n = __builtin_convertvector(__builtin_convertvector(fx, vi), vf);   // toward zero,
   n = n > fx ? n - 1.0f : n;                                              // then floor
-  const vf r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-  vf p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  const vf p = exp_reduced(xc, n);
   const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
   vf out = x > hi ? splat(__builtin_inff()) : p * (vf)e;
   out = x < lo ? vf{} : out;
