@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .. import kernels
 from ..timing import percentile
 
 RUNTIMES = ("torch_eager_nchw", "torch_eager_channels_last", "torchscript_freeze", "torch_compile", "onnxruntime",
@@ -78,15 +79,7 @@ def precision_of(runtime: str, description: str) -> str:
     return "fp32"
 
 
-def bf16_hardware() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX): without it, a
-    bfloat16 run only converts to float32 and back, and is no measurement of bfloat16."""
-    from .. import kernels
-
-    C = kernels.load()
-    return C is not None and C.gemm_bf16_supported()
-
-
+# without bfloat16 hardware a bfloat16 run only converts to float32 and back: no measurement of bfloat16
 NO_BF16 = "no bfloat16 hardware on this CPU (neither AVX512-BF16 nor AMX)"
 
 
@@ -106,7 +99,7 @@ def profile_model(name="mobilenet_v1_100", batches=(1, 8), size=224, rounds=20, 
         _prepare(name, batches, size, folder)
         for b in batches:
             for dt, ours, peer, theirs in pairs:
-                if dt == "bf16" and not bf16_hardware():
+                if dt == "bf16" and not kernels.has_bf16_gemm():
                     progress(f"  profile batch {b} bf16: skipped ({NO_BF16})")
                     continue
                 got = {}
@@ -133,7 +126,7 @@ def bench_model(name="mobilenet_v1_100", batches=(1, 8), size=224, rounds=ROUNDS
         folder = Path(tmp)
         refs, flops = _prepare(name, batches, size, folder)
         per_pass = max(1, rounds // passes)
-        if "sepconv_bf16" in runtimes and not bf16_hardware():
+        if "sepconv_bf16" in runtimes and not kernels.has_bf16_gemm():
             info.update({("sepconv_bf16", b): {"skipped": NO_BF16} for b in batches})
         for p in range(passes):
             for b in batches:

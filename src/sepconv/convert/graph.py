@@ -149,7 +149,7 @@ def aten_subgraph(gm: fx.GraphModule, node: fx.Node, step: Step, x, residual, dt
             y = graph.call_function(aten.add.Tensor, (y, residual))
         if step.act2.kind != "none":
             y = _act_node(graph, y, step.act2)
-    layer = node.meta["row"]["layer"] if "row" in node.meta else module_path(node)
+    layer = module_path(node)
     for n in graph.nodes:
         if n not in before:
             n.meta["layer"] = layer     # profiles and reports name the model's layer, not "conv2d_default"
@@ -157,10 +157,12 @@ def aten_subgraph(gm: fx.GraphModule, node: fx.Node, step: Step, x, residual, dt
 
 
 def module_path(node: fx.Node) -> str:
-    """The path of the model's module a graph node comes from (its own name if none, or if it
-    is the model's own forward)."""
+    """The path of the model's module a graph node comes from: the layer its report row or the
+    lowering names, else its module (its own name if none, or if it is the model's own forward)."""
     if "layer" in node.meta:
         return node.meta["layer"]
+    if "row" in node.meta:
+        return node.meta["row"]["layer"]
     stack = node.meta.get("nn_module_stack") or {}
     return (next(reversed(stack.values()))[0] if stack else "") or node.name
 

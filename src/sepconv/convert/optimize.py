@@ -468,7 +468,7 @@ def optimize_for_inference(model: nn.Module, example_input, dtype: torch.dtype =
     report = optimized.report
     report.notes += [f"registered the dataclass {name} with torch.export so that it could be captured"
                      for name in registered]
-    if dtype == torch.bfloat16 and not (kernels.is_available() and kernels.load().gemm_bf16_supported()):
+    if dtype == torch.bfloat16 and not kernels.has_bf16_gemm():
         # without bfloat16 dot products ATen converts every operand: several times float32's time
         note = ("this CPU has no bfloat16 dot products (AVX512-BF16 or AMX): bfloat16 runs on ATen's "
                 "conversions and is usually slower than float32 here")

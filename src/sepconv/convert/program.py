@@ -206,7 +206,7 @@ def _compile(gm, meta, nodes, calls) -> ProgramRunner | None:
             return None
     arena = _plan_arena(program, meta, calls, step_of, slot, last_read, out_leaves)
     outputs = [("slot", slot[v]) if isinstance(v, fx.Node) else ("const", v) for v in out_leaves]
-    layers = [(n.meta["row"]["layer"] if "row" in n.meta else module_path(n), _schema_of(n.target)[0]) for n in calls]
+    layers = [(module_path(n), _schema_of(n.target)[0]) for n in calls]
     return ProgramRunner(program, outputs, gm._out_spec, arena, layers)
 
 

@@ -49,6 +49,13 @@ def is_available() -> bool:
     return load() is not None
 
 
+def has_bf16_gemm() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 dot products or AMX) for
+    the native kernels; without it bfloat16 only converts to float32 and back."""
+    module = load()
+    return module is not None and module.gemm_bf16_supported()
+
+
 def unavailable_reason() -> str:
     load()
     return _state["reason"]
