@@ -26,40 +26,66 @@ void gemm_pack_f32(const float* w, int64_t N, int64_t K, void* packed) {
       }
 }
 
-// The epilogue of `rows` rows of a tile, c[2 * r], c[2 * r + 1] the accumulators of row m + r,
-// columns [n0, n0 + NR): accum, scale, bias, act1, residual, act2, store. ReLU and clamp are
-// applied vector by vector in registers; the other activations over the whole tile at once
-// (act_vectors).
-template <typename T>
-inline __attribute__((always_inline)) void gemm_epilogue(vf* c, int rows, const GemmArgs& g, int64_t m, int64_t n0,
-                                                         int ncols) {
+// An activation on the R x 2 accumulators of a tile: ReLU and clamp in registers, the others
+// by act_vectors on a copy (the accumulators' address never escapes, so they stay in
+// registers: with the tile in memory, a 32-deep 1x1 convolution spent as long in its epilogue
+// as in its FMAs).
+template <int R>
+inline __attribute__((always_inline)) void act_tile(vf* a0, vf* a1, const Act& a) {
+  if (a.kind == ACT_NONE) return;
+  if (act_inline(a)) {
+    auto each = [&](const Act k) INLINE_LAMBDA {   // k's kind known in each branch below
+#pragma GCC unroll 16
+      for (int i = 0; i < R; ++i) a0[i] = activate(a0[i], k), a1[i] = activate(a1[i], k);
+    };
+    if (a.kind == ACT_RELU) each(Act{ACT_RELU});
+    else each(a);
+    return;
+  }
+  vf c[2 * R];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) c[2 * i] = a0[i], c[2 * i + 1] = a1[i];
+  act_vectors(c, 2 * R, a);
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) a0[i] = c[2 * i], a1[i] = c[2 * i + 1];
+}
+
+// The epilogue of a tile's R rows in registers (acc0[r], acc1[r]: row m + r, columns
+// [n0, n0 + ncols)): accum, scale, bias, act1, residual, act2, store; the per-column vectors
+// are loaded once a tile.
+template <typename T, int R>
+inline __attribute__((always_inline)) void gemm_epilogue_tile(vf* acc0, vf* acc1, const GemmArgs& g, int64_t m,
+                                                              int64_t n0, int ncols) {
   const int l0 = ncols >= VL ? VL : ncols, l1 = ncols >= 2 * VL ? VL : ncols - VL;
-  for (int r = 0; r < rows; ++r) {
-    vf& c0 = c[2 * r];
-    vf& c1 = c[2 * r + 1];
-    if (g.accum) {
-      const T* s = static_cast<const T*>(g.accum) + (m + r) * g.ldacc + n0;
-      c0 += load_lanes(s, l0);
-      if (l1 > 0) c1 += load_lanes(s + VL, l1);
+  auto add_rows = [&](const void* src, int64_t ld) INLINE_LAMBDA {
+    const T* s = static_cast<const T*>(src) + m * ld + n0;
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      acc0[r] += load_lanes(s + r * ld, l0);
+      if (l1 > 0) acc1[r] += load_lanes(s + r * ld + VL, l1);
     }
-    if (g.scale) { c0 *= loadf(g.scale + n0); c1 *= loadf(g.scale + n0 + VL); }
-    if (g.bias) { c0 += loadf(g.bias + n0); c1 += loadf(g.bias + n0 + VL); }
-    if (act_inline(g.act1)) { c0 = activate(c0, g.act1); c1 = activate(c1, g.act1); }
+  };
+  if (g.accum) add_rows(g.accum, g.ldacc);
+  if (g.scale) {
+    const vf s0 = loadf(g.scale + n0), s1 = loadf(g.scale + n0 + VL);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc0[r] *= s0, acc1[r] *= s1;
   }
-  if (!act_inline(g.act1)) act_vectors(c, 2 * rows, g.act1);
+  if (g.bias) {
+    const vf b0 = loadf(g.bias + n0), b1 = loadf(g.bias + n0 + VL);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc0[r] += b0, acc1[r] += b1;
+  }
+  act_tile<R>(acc0, acc1, g.act1);
   if (g.residual) {
-    for (int r = 0; r < rows; ++r) {
-      const T* s = static_cast<const T*>(g.residual) + (m + r) * g.ldr + n0;
-      c[2 * r] += load_lanes(s, l0);
-      if (l1 > 0) c[2 * r + 1] += load_lanes(s + VL, l1);
-      if (act_inline(g.act2)) { c[2 * r] = activate(c[2 * r], g.act2); c[2 * r + 1] = activate(c[2 * r + 1], g.act2); }
-    }
-    if (!act_inline(g.act2)) act_vectors(c, 2 * rows, g.act2);
+    add_rows(g.residual, g.ldr);
+    act_tile<R>(acc0, acc1, g.act2);
   }
-  for (int r = 0; r < rows; ++r) {
-    T* out = static_cast<T*>(g.c) + (m + r) * g.ldc + n0;
-    store_lanes(out, c[2 * r], l0);
-    if (l1 > 0) store_lanes(out + VL, c[2 * r + 1], l1);
+  T* out = static_cast<T*>(g.c) + m * g.ldc + n0;
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    store_lanes(out + r * g.ldc, acc0[r], l0);
+    if (l1 > 0) store_lanes(out + r * g.ldc + VL, acc1[r], l1);
   }
 }
 
@@ -110,10 +136,7 @@ void gemm_tile(const GemmArgs& g, const T* a, const float* panel, int64_t m, int
 #pragma GCC unroll 6
     for (int q = 0; q < Q; ++q) base[q] += PACKED ? MR : 1;
   }
-  vf c[2 * MR];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) c[2 * i] = acc0[i], c[2 * i + 1] = acc1[i];
-  gemm_epilogue<T>(c, MR, g, m, n0, ncols);
+  gemm_epilogue_tile<T, MR>(acc0, acc1, g, m, n0, ncols);
 }
 
 // Rows [m0, m1) (whole tiles but the last) against panels [p0, p1), each tile of rows against
@@ -234,10 +257,10 @@ void gemm_tile_bf16(const GemmArgs& g, const void* a, const uint16_t* panel, int
       acc1[i] = _mm512_dpbf16_ps(acc1[i], (__m512bh)av, (__m512bh)b1);
     }
   }
-  vf c[2 * MR];
+  vf c0[MR], c1[MR];
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) c[2 * i] = (vf)acc0[i], c[2 * i + 1] = (vf)acc1[i];
-  gemm_epilogue<bf16>(c, MR, g, m, n0, ncols);
+  for (int i = 0; i < MR; ++i) c0[i] = (vf)acc0[i], c1[i] = (vf)acc1[i];
+  gemm_epilogue_tile<bf16, MR>(c0, c1, g, m, n0, ncols);
 }
 
 template <bool PACKED>
@@ -359,8 +382,16 @@ void gemm_block_amx(const GemmArgs& g, const uint16_t* a, int64_t lda, int64_t b
     _mm512_storeu_ps(buf + r * 32, c0);
     _mm512_storeu_ps(buf + r * 32 + 16, c1);
   }
-  // (buf holds each row's two vectors side by side: 32 floats a row)
-  gemm_epilogue<bf16>(reinterpret_cast<vf*>(buf), rows, g, m, n0, ncols);
+  // (buf holds each row's two vectors side by side: 32 floats a row) four rows at a time
+  auto epilogue = [&](int r0, auto rr) INLINE_LAMBDA {
+    constexpr int R = decltype(rr)::value;
+    vf c0[R], c1[R];
+    for (int i = 0; i < R; ++i) c0[i] = loadf(buf + (r0 + i) * 32), c1[i] = loadf(buf + (r0 + i) * 32 + 16);
+    gemm_epilogue_tile<bf16, R>(c0, c1, g, m + r0, n0, ncols);
+  };
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) epilogue(r, std::integral_constant<int, 4>{});
+  for (; r < rows; ++r) epilogue(r, std::integral_constant<int, 1>{});
 }
 
 void gemm_unit_amx(const GemmArgs& g, const uint16_t* a, const uint16_t* packed, int64_t m0,
