@@ -75,6 +75,20 @@ def test_forward_and_relu(case, dtype):
     spec = depthwise_spec("t", x, w, b, s, p, d)
     fused = native_run(x, w, b, spec, Act("relu"))
     assert ((fused.double() - want.relu()).abs() <= bound).all()
+    clamped = native_run(x, w, b, spec, Act("clamp", -0.5, 2.0))   # applied in registers
+    assert ((clamped.double() - want.clamp(-0.5, 2.0)).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("act", [Act("relu"), Act("clamp", 0.0, 6.0)], ids=lambda a: a.kind)
+@pytest.mark.parametrize("shape", [(1, 32, 9, 12), (1, 20, 6, 9)], ids=str)   # whole vectors; a tail
+def test_fused_relu_and_clamp_keep_nan(shape, act):
+    x, w, b = _data(shape, (3, 3), torch.float32)
+    x[0, 3, 4, 5] = float("nan")
+    x[0, 17, 2, 0] = float("nan")
+    want = F.conv2d(x, w, b, 1, 1, 1, groups=shape[1])
+    want = want.relu() if act.kind == "relu" else want.clamp(act.lo, act.hi)
+    got = native_run(x, w, b, depthwise_spec("t", x, w, b, 1, 1, 1), act)
+    assert torch.equal(got.isnan(), want.isnan()) and got.isnan().sum() == 9 + 6   # one at a border
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}k{c[1]}s{c[2]}p{c[3]}d{c[4]}")
