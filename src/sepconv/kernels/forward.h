@@ -215,20 +215,15 @@ void forward_rows(const T* x, const float* w, const float* b, T* y, const Geomet
         else if (g.OW >= OB) row(std::integral_constant<int, OB>{}, std::integral_constant<int, 1>{});
         else row(Four{}, std::integral_constant<int, 1>{});
       };
-      if (CHANNELS_INNER && g.OW >= 4) whole_row();
-      for (cb = CHANNELS_INNER && g.OW >= 4 ? full : 0; cb < g.C; cb += VL) {
+      const bool inner = CHANNELS_INNER && g.OW >= 4;   // whole vectors of channels by blocks of outputs
+      if (inner) whole_row();
+      for (cb = inner ? full : 0; cb < g.C; cb += VL) {
         const int lanes = (int)std::min<int64_t>(VL, g.C - cb);
         if (!CHANNELS_INNER && lanes == VL && g.OW >= 4) {
           load_weights(cb);
           whole_row();
           continue;
         }
-        for (int k = 0; k < step; ++k)
-          for (int ow = 0; ow < g.OW; ++ow) pixel(ow, cb, lanes, ow < lo || ow >= hi, k);
-      }
-    } else {
-      for (int64_t cb = 0; cb < g.C; cb += VL) {
-        const int lanes = (int)std::min<int64_t>(VL, g.C - cb);
         for (int k = 0; k < step; ++k)
           for (int ow = 0; ow < g.OW; ++ow) pixel(ow, cb, lanes, ow < lo || ow >= hi, k);
       }
