@@ -87,6 +87,74 @@ def test_conv_gemm_against_conv2d(shape, dtype):
     assert y.shape == want.shape and _within(y, want, abs_sum, c * k * k + 1, dtype)
 
 
+# direct convolution of few input channels (conv_direct): (batch, C, H, W, out channels, kernel,
+# stride, (top, bottom, left, right) padding, dilation): 3x3/s2 stems (MobileNet, EfficientNet,
+# with TF "same" padding), ConvNeXt's 4x4/s4 patchify, odd widths (tiles of 1..MR pixels), one
+# and two channels, stride 3 (no compiled pixel stride), dilation, columns in partial panels
+DIRECT = [(1, 3, 32, 30, 32, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+          (2, 3, 17, 23, 24, (3, 3), (2, 2), (0, 1, 0, 1), (1, 1)),
+          (1, 3, 32, 32, 96, (4, 4), (4, 4), (0, 0, 0, 0), (1, 1)),
+          (3, 1, 9, 41, 16, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1)),
+          (1, 2, 12, 13, 40, (2, 3), (3, 3), (1, 0, 2, 1), (1, 1)),
+          (1, 4, 15, 19, 33, (3, 3), (1, 2), (2, 2, 2, 2), (2, 2)),
+          (0, 3, 8, 8, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1))]
+
+
+@pytest.mark.parametrize("out", [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16)], ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided", "bf16_input"])
+@pytest.mark.parametrize("shape", DIRECT, ids=lambda s: f"{s[1]}x{s[2]}x{s[3]}-{s[4]}-k{s[5]}s{s[6]}p{s[7]}d{s[8]}")
+def test_conv_direct_against_conv2d(shape, layout, out):
+    # computed in float32 from the input as it is laid out: the reference is float64 on the
+    # same (for a bfloat16 input: bfloat16-rounded) values, rounded once to `out`
+    b, c, h, w_, n, k, s, pad, d = shape
+    g = torch.Generator().manual_seed(sum(shape[:5]))
+    x = torch.randn(b, c, h, w_ + 3, generator=g)[..., 1:w_ + 1]     # (a column slice: strides of a view)
+    x = {"nchw": x.contiguous(), "channels_last": x.contiguous(memory_format=torch.channels_last), "strided": x,
+         "bf16_input": x.to(torch.bfloat16).contiguous()}[layout]
+    w, bias = torch.randn(n, c, *k, generator=g), torch.randn(n, generator=g)
+    packed = C.gemm_pack(w.permute(0, 2, 3, 1).reshape(n, -1).contiguous(), False)
+    y = C.conv_direct(x, packed, n, C.gemm_bias(bias), list(k), list(s), list(pad), list(d), "clamp", -1.0, 2.0,
+                      out == torch.bfloat16)
+    top, bottom, left, right = pad
+    # (a bfloat16 result is the bfloat16 model's: of the input rounded to bfloat16)
+    x64 = F.pad((x.to(out) if out == torch.bfloat16 else x).double(), [left, right, top, bottom])
+    want = F.conv2d(x64, w.double(), bias.double(), s, 0, d).clamp(-1, 2)
+    abs_sum = F.conv2d(x64.abs(), w.double().abs(), bias.double().abs(), s, 0, d)
+    assert y.shape == want.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert _within(y, want, abs_sum, c * k[0] * k[1] + 1, out)
+
+
+@needs_bf16
+def test_conv_direct_bfloat16_result_is_that_of_the_converted_input():
+    # an optimized bfloat16 model passes its float32 NCHW input to the stem as it is: the result
+    # must be the one it gets from the input converted to bfloat16 channels_last, bit for bit
+    x = torch.randn(2, 3, 33, 31) * 10
+    packed = C.gemm_pack(torch.randn(24, 27), False)
+    run = lambda t: C.conv_direct(t, packed, 24, None, [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], "relu", 0.0, 0.0, True)
+    assert torch.equal(run(x), run(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)))
+
+
+def test_conv_direct_nan_and_inf_like_conv2d():
+    x = torch.randn(2, 3, 20, 20)
+    x[0, 1, 5, 7], x[1, 0, 0, 0], x[1, 2, 19, 19] = float("nan"), float("inf"), -float("inf")
+    w = torch.randn(32, 3, 3, 3)
+    y = C.conv_direct(x, C.gemm_pack(w.permute(0, 2, 3, 1).reshape(32, 27).contiguous(), False), 32, None,
+                      [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], "none", 0.0, 0.0, False)
+    want = F.conv2d(x.double(), w.double(), None, 2, 1)
+    assert torch.equal(y.isnan(), want.isnan()) and torch.equal(y.isinf(), want.isinf())
+    assert y.isnan().any() and y.isinf().any() and y.isfinite().sum() == want.isfinite().sum()
+
+
+def test_conv_direct_refuses_bad_arguments():
+    packed = C.gemm_pack(torch.randn(8, 27), False)
+    with pytest.raises(RuntimeError, match="packed must be gemm_pack"):
+        C.conv_direct(torch.randn(1, 4, 8, 8), packed, 8, None, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], "none", 0, 0,
+                      False)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        C.conv_direct(torch.randn(1, 3, 8, 8).double(), packed, 8, None, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1],
+                      "none", 0, 0, False)
+
+
 def test_gemm_nan_and_inf_propagate_like_matmul():
     dtype = torch.bfloat16 if C.gemm_bf16_supported() else torch.float32
     w = torch.randn(33, 40)

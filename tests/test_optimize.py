@@ -175,6 +175,26 @@ def test_fused_activations_match_eager_and_propagate_nan(act):
     torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("act", ACTS, ids=lambda a: repr(a))
+def test_stem_runs_direct_from_the_nchw_input_with_its_activation(act):
+    # a convolution of 3 channels runs as conv_direct, reading the float32 NCHW input as it is
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), act).eval()
+    x = torch.randn(2, 3, 21, 18) * 3
+    x[0, 1, 4, 4], x[1, 2, 0, 0], x[1, 0, 9, 3] = float("nan"), float("inf"), -float("inf")
+    fast = optimize_for_inference(model, x, tune=False)
+    (row,) = fast.report.rows
+    assert row["became"].startswith("native direct convolution") and "fused" in row["became"], str(fast.report)
+    with torch.no_grad():   # (float64: ATen's vectorised float32 GELU makes GELU(inf) NaN, its scalar path inf)
+        want = model.double()(x.double())
+    for _ in range(2):   # the first call builds the Program; later ones pass the input unconverted
+        got = fast(x)
+        assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.equal(torch.isinf(got), torch.isinf(want))
+        finite = torch.isfinite(want)
+        torch.testing.assert_close(got[finite], want[finite].float(), rtol=1e-5, atol=1e-5)
+    assert [raw for _, _, raw in fast._fast.values()] == [(True,)]
+
+
 def test_residual_and_layer_scale_fuse_into_the_gemm():
     model = _with_statistics(create_model("convnext_atto"))
     x = torch.randn(1, 3, 64, 64)

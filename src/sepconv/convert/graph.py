@@ -32,6 +32,11 @@ from ..kernels.ops import Act
 
 aten = torch.ops.aten
 
+# A dense convolution of at most this many input channels (a stem on RGB) runs as a direct
+# implicit GEMM from the input in its own layout (conv_direct), not im2col + GEMM: with 3
+# channels the gather took longer than the GEMM.
+DIRECT_MAX_CHANNELS = 4
+
 
 class CaptureError(RuntimeError):
     """The model could not be captured as a graph (the message says why)."""
@@ -571,18 +576,24 @@ class Lowering:
             elif self._native and (not bf16 or self._gemm_bf16):
                 n = step.weight.shape[0]
                 dense = step.kind == "conv_gemm"
+                direct = dense and step.weight.shape[1] <= DIRECT_MAX_CHANNELS and not step.residual
                 w2d = step.weight.permute(0, 2, 3, 1).reshape(n, -1) if dense else step.weight
-                packed = self.add_const(C.gemm_pack(w2d, bf16), node)
+                packed = self.add_const(C.gemm_pack(w2d, bf16 and not direct), node)
                 b = None if step.bias is None else self.add_const(C.gemm_bias(step.bias), node)
                 residual = node.kwargs.get("residual")
-                if dense:
+                if direct:
+                    new = self._call_before(node, C.conv_direct, (
+                        x, packed, n, b, list(step.weight.shape[2:]), list(step.stride), list(step.pad),
+                        list(step.dilation), *step.act1, bf16))
+                elif dense:
                     new = self._call_before(node, C.conv_gemm, (
                         x, packed, n, b, residual, list(step.weight.shape[2:]), list(step.stride), list(step.pad),
                         list(step.dilation), *step.act1, *step.act2))
                 else:
                     new = self._call_before(node, C.gemm, (x, packed, n, b, residual, step.conv, *step.act1, *step.act2))
-                step.row["became"] = (("native im2col + GEMM" if dense else "native GEMM")
-                                      + f" (weight packed{self._bf16_note if bf16 else ''})"
+                kind = ("native direct convolution (few input channels, computed in float32)" if direct
+                        else "native im2col + GEMM" if dense else "native GEMM")
+                step.row["became"] = (kind + f" (weight packed{self._bf16_note if bf16 and not direct else ''})"
                                       + (", residual add fused" if step.residual else "")
                                       + (f", {' + '.join(fused)} fused" if fused else ""))
             else:
@@ -616,7 +627,7 @@ class Lowering:
         """Constants the ATen ops read take the compute dtype (the native steps' own constants
         were made in the layout and dtype their kernels read)."""
         C = kernels.load() if self._native else None
-        native = {C.depthwise_hwc, C.gemm, C.conv_gemm, C.versatile_gemm} if C is not None else set()
+        native = {getattr(C, name) for name in kernels.INFERENCE_OPS} if C is not None else set()
         for node in self.graph.nodes:
             if node.op != "get_attr":
                 continue

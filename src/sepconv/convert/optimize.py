@@ -95,6 +95,21 @@ def _compute_tensor(x, dtype):
     return x.to(dtype=dtype, memory_format=torch.channels_last) if x.dim() == 4 else x.to(dtype)
 
 
+def _raw_inputs(gm: fx.GraphModule) -> tuple:
+    """Per input of the graph: whether only conv_direct steps read it. They take a float32 or
+    bfloat16 tensor in any layout, so such an input (a user's NCHW image before the stem) goes
+    in as it is, without the copy that converts it to the compute dtype and channels_last."""
+    C = kernels.load()
+    return tuple(bool(n.users) and all(u.target is C.conv_direct for u in n.users)
+                 for n in gm.graph.nodes if n.op == "placeholder")
+
+
+def _input(x, dtype, raw: bool):
+    if raw and isinstance(x, torch.Tensor) and x.dim() == 4 and x.dtype in _DTYPES:
+        return x
+    return _compute_tensor(x, dtype)
+
+
 def _fast_key(args, kwargs):
     """The key of a call whose inputs are tensors only, given by position (the common case,
     served without pytrees), or None."""
@@ -126,7 +141,7 @@ class OptimizedModel(nn.Module):
         self.loaded_report: str | None = None   # a loaded model's report, as text
         self.executor = "program"
         self._programs: dict = {}       # plan name -> its ProgramRunner (None: the graph runs in Python)
-        self._fast: dict = {}           # _fast_key -> (ProgramRunner, output dtype)
+        self._fast: dict = {}           # _fast_key -> (ProgramRunner, output dtype, _raw_inputs)
 
     def train(self, mode: bool = True):
         """An inference model has no training mode: model.eval() and model.train() change
@@ -160,9 +175,9 @@ class OptimizedModel(nn.Module):
         key = _fast_key(args, kwargs)
         fast = self._fast.get(key) if key is not None and self.executor == "program" else None
         if fast is not None:
-            runner, out_dtype = fast
+            runner, out_dtype, raw = fast
             with torch.inference_mode():
-                out = runner([_compute_tensor(a, self.dtype) for a in args])
+                out = runner([_input(a, self.dtype, r) for a, r in zip(args, raw)])
                 if isinstance(out, torch.Tensor):
                     return out.to(out_dtype) if out.is_floating_point() else out
                 return pytree.tree_map(
@@ -179,7 +194,7 @@ class OptimizedModel(nn.Module):
                 self._programs[name], out = program.build(gm, cargs, ckwargs)
                 if key is not None and self._programs[name] is not None and out_dtype is not None:
                     # tensors by position flatten to themselves: later calls go straight to the Program
-                    self._fast[key] = (self._programs[name], out_dtype)
+                    self._fast[key] = (self._programs[name], out_dtype, _raw_inputs(gm))
             elif self._programs[name] is None:
                 out = gm(*cargs, **ckwargs)
             else:
@@ -248,9 +263,9 @@ def _choose_backends(gm: fx.GraphModule, dtype) -> None:
     machine, and a plan that moved a depthwise layer to ATen under load stayed there."""
     C = kernels.load()
     with torch.inference_mode():
-        for node, args in _record_args(gm, (C.gemm, C.conv_gemm)).items():
+        for node, args in _record_args(gm, (C.gemm, C.conv_gemm, C.conv_direct)).items():
             step, row = node.meta["step"], node.meta["row"]
-            residual = args[4]
+            residual = None if node.target is C.conv_direct else args[4]
             sub = _aten_callable(step, args[0].dtype)
             cands = compare([Candidate("native", lambda a=args: node.target(*a)),
                              Candidate("aten", lambda a=args: sub(a[0], residual))], rounds=12, warmup=2, budget_s=0.25)

@@ -26,14 +26,13 @@ from torch.fx._pytree import tree_flatten_spec
 from .. import kernels
 from .graph import module_path
 
-_NATIVE = ("gemm", "conv_gemm", "versatile_gemm", "depthwise_hwc", "global_avg_pool", "dw_gemm")
 _ARENA_ALIGN = 64
 
 
 def _schema_of(target):
     """(name, overload, schema) of a node's operator, or None if the Program cannot call it."""
     C = kernels.load()
-    for name in _NATIVE:
+    for name in kernels.INFERENCE_OPS:
         if target is getattr(C, name):
             op = getattr(torch.ops.sepconv, name).default
             return f"sepconv::{name}", "", op._schema
@@ -215,7 +214,7 @@ def arena_blocks(meta, calls, step_of, slot, last_read, out_leaves) -> list[tupl
     arena: a fresh tensor (not a view) that no output of the graph views, alive from its step
     to the last step reading it or a view of it."""
     C = kernels.load()
-    native = {getattr(C, name) for name in ("gemm", "conv_gemm", "versatile_gemm", "depthwise_hwc", "dw_gemm")}
+    native = {getattr(C, name) for name in kernels.ARENA_OPS}
     last_use: dict[fx.Node, int] = {}
     for n in calls:
         root = meta[n].root

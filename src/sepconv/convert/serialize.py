@@ -23,9 +23,10 @@ from .._validation import fail
 
 FORMAT = "sepconv-optimized-model"
 VERSION = 1
-_KERNELS = ("gemm", "conv_gemm", "versatile_gemm", "depthwise_hwc", "global_avg_pool", "dw_gemm")
+_KERNELS = kernels.INFERENCE_OPS
 # kernel -> (packed weight, N, gemm_bias) argument positions (versatile_gemm's bias is plain)
-_PACKED_ARG = {"gemm": (1, 2, 3), "conv_gemm": (1, 2, 3), "versatile_gemm": (1, 2, None), "dw_gemm": (9, 10, 11)}
+_PACKED_ARG = {"gemm": (1, 2, 3), "conv_gemm": (1, 2, 3), "conv_direct": (1, 2, 3), "versatile_gemm": (1, 2, None),
+               "dw_gemm": (9, 10, 11)}
 
 
 def _target_name(target) -> str:

@@ -704,6 +704,38 @@ at::Tensor conv_gemm(const at::Tensor& x, const at::Tensor& packed, int64_t N, c
                       parse_act(act1, lo1, hi1), parse_act(act2, lo2, hi2));
 }
 
+// A dense convolution of an input with few channels (a stem), by the kernel set's direct
+// implicit GEMM (DirectArgs): x (B, C, H, W) float32 or bfloat16 in any layout (a user's NCHW
+// image needs no conversion first), `packed` gemm_pack of the float32 weight permuted to
+// (N, kh, kw, C), bias from gemm_bias, `pad` (top, bottom, left, right). Computed in float32;
+// y is (B, N, OH, OW) channels_last, float32, or with `bf16` bfloat16 from x rounded to
+// bfloat16 (the result of x converted first, as a bfloat16 model's input is).
+at::Tensor conv_direct(const at::Tensor& x, const at::Tensor& packed, int64_t N, const c10::optional<at::Tensor>& bias,
+                       std::vector<int64_t> kernel, std::vector<int64_t> stride, std::vector<int64_t> pad,
+                       std::vector<int64_t> dilation, const std::string& act, double lo, double hi, bool bf16) {
+  RECORD_FUNCTION("sepconv::conv_direct", c10::ArrayRef<const c10::IValue>{});
+  const char* who = "sepconv conv_direct";
+  TORCH_CHECK(kernel.size() == 2, who, ": kernel is (kh, kw)");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, who,
+              ": x must be float32 or bfloat16, got ", x.scalar_type());
+  const auto [OH, OW] = conv_out_size(x, kernel[0], kernel[1], stride, pad, dilation, who);
+  const int64_t K = kernel[0] * kernel[1] * x.size(1), nr = kernels().gemm_nr;
+  TORCH_CHECK(packed.scalar_type() == at::kFloat && packed.numel() == (N + nr - 1) / nr * K * nr, who,
+              ": packed must be gemm_pack of a float32 (N, kh * kw * C) weight");
+  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == at::kFloat && bias->numel() >= N),
+              who, ": bias must come from gemm_bias");
+  auto y = new_output({x.size(0), N, OH, OW}, x.options().dtype(bf16 ? at::kBFloat16 : at::kFloat)
+                                                 .memory_format(at::MemoryFormat::ChannelsLast));
+  if (y.numel() == 0) return y;
+  DirectArgs a{x.data_ptr(), dtype_of(x), x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+               x.size(0), x.size(1), x.size(2), x.size(3), OH, OW, kernel[0], kernel[1], stride[0], stride[1],
+               pad[0], pad[2], dilation[0], dilation[1], N, packed.data_ptr<float>(),
+               bias.has_value() ? bias->data_ptr<float>() : nullptr, parse_act(act, lo, hi), y.data_ptr(),
+               bf16 ? BF16 : F32};
+  kernels().conv_direct(a);
+  return y;
+}
+
 // A versatile convolution (functional/versatile.py): a program of one call per nested
 // sub-filter and channel segment, windows summed through partial sums; `act` is applied last.
 at::Tensor versatile_gemm(const at::Tensor& x, const at::Tensor& packed, int64_t N, int64_t blocks,
@@ -862,6 +894,8 @@ TORCH_LIBRARY(sepconv, m) {
   m.def("depthwise_hwc(Tensor x, Tensor w_hwc, Tensor? bias, int[] stride, int[] pad, int[] dilation, str act, "
         "float lo, float hi) -> Tensor");
   m.def("global_avg_pool(Tensor x, bool keepdim) -> Tensor");
+  m.def("conv_direct(Tensor x, Tensor packed, int N, Tensor? bias, int[] kernel, int[] stride, int[] pad, "
+        "int[] dilation, str act, float lo, float hi, bool bf16) -> Tensor");
   m.def("dw_gemm(Tensor x, Tensor w_hwc, Tensor? dw_bias, int[] stride, int[] pad, int[] dilation, str dw_act, "
         "float dw_lo, float dw_hi, Tensor packed, int N, Tensor? bias, Tensor? residual, str act1, float lo1, "
         "float hi1, str act2, float lo2, float hi2) -> Tensor");
@@ -899,6 +933,12 @@ TORCH_LIBRARY_IMPL(sepconv, CPU, m) {
     return sepconv::depthwise_hwc(x, w, bias, vec(stride), vec(pad), vec(dilation), str(act), lo, hi);
   });
   m.impl("global_avg_pool", &sepconv::global_avg_pool);
+  m.impl("conv_direct", [str, vec](const at::Tensor& x, const at::Tensor& packed, int64_t N,
+                                   const c10::optional<at::Tensor>& bias, Ints kernel, Ints stride, Ints pad,
+                                   Ints dilation, Str act, double lo, double hi, bool bf16) {
+    return sepconv::conv_direct(x, packed, N, bias, vec(kernel), vec(stride), vec(pad), vec(dilation), str(act), lo,
+                                hi, bf16);
+  });
   m.impl("dw_gemm", [str, vec](const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& dw_bias,
                                Ints stride, Ints pad, Ints dilation, Str dw_act, double dw_lo, double dw_hi,
                                const at::Tensor& packed, int64_t N, const c10::optional<at::Tensor>& bias,
@@ -943,6 +983,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("versatile_gemm", &sepconv::versatile_gemm,
         "a versatile convolution as im2col by runs + a program of GEMM calls (functional/versatile.py)");
   m.def("global_avg_pool", &sepconv::global_avg_pool, "mean over H and W of a channels_last tensor");
+  m.def("conv_direct", &sepconv::conv_direct,
+        "a dense convolution of an input with few channels (a stem) from any layout, by direct implicit GEMM");
   m.def("dw_gemm", &sepconv::dw_gemm,
         "depthwise_hwc and a 1x1 convolution (gemm) on its output in one pass: depthwise arguments, then gemm's");
   m.def("depthwise_hwc", &sepconv::depthwise_hwc,

@@ -35,6 +35,7 @@ namespace SEPCONV_ISA {
 #include "backward.h"
 #include "gemm.h"
 #include "im2col.h"
+#include "direct.h"
 #include "table.h"
 }  // namespace SEPCONV_ISA
 }  // namespace sepconv

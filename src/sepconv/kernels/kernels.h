@@ -80,6 +80,26 @@ struct Im2colArgs {
 using Im2colFn = void (*)(const Im2colArgs& a, void* dst, int64_t m0, int64_t m1);
 constexpr int64_t IM2COL_SLACK = 64;
 
+// A dense convolution (groups 1) of an input with few channels, such as a network's stem on
+// RGB (direct.h): y = act(conv(x, w) + bias), computed in float32. x is (N, C, H, W) in any
+// layout (element strides sN, sC, sH, sW: a user's NCHW image is read as it is), float32 or
+// bfloat16; y is channels_last (N, OH, OW, cout) in y_dtype. With a bfloat16 y (a bfloat16
+// model), a float32 x is rounded to bfloat16 first, as the model's other inputs are. `pt` and `pl` are the top and
+// left padding (bottom and right follow from OH and OW).
+struct DirectArgs {
+  const void* x;
+  DType x_dtype;
+  int64_t sN, sC, sH, sW;
+  int64_t N, C, H, W, OH, OW, kh, kw, sh, sw, pt, pl, dh, dw;
+  int64_t cout;
+  const float* packed;   // gemm_pack_f32 of the (cout, kh * kw * C) weight, taps (row, column, channel)
+  const float* bias;     // float32 padded to whole panels (gemm_bias), or null
+  Act act;
+  void* y;
+  DType y_dtype;
+};
+using DirectFn = void (*)(const DirectArgs& a);
+
 // One named kernel and the calls it serves: kernel (kh, kw), equal strides `stride`, no
 // dilation, `dtype`. kh == 0 marks the generic kernel of a dtype (any size, stride, dilation).
 template <typename Fn> struct Variant {
@@ -122,6 +142,7 @@ struct KernelSet {
   const char* gemm_bf16_kind = "avx512bf16";
   int gemm_mr_bf16 = 0;
   Im2colFn im2col_f32 = nullptr, im2col_bf16 = nullptr;
+  DirectFn conv_direct = nullptr;
 };
 
 // The variant serving (kh, kw, stride, dilation, dtype): the first specialised row that

@@ -54,7 +54,7 @@ const KernelSet& kernel_set() {
                              BACKWARD, SEPCONV_COUNT(BACKWARD),
                              WINOGRAD, SEPCONV_COUNT(WINOGRAD),
                              GEMM_NR, GEMM_MR, gemm_pack_f32, gemm_f32, SEPCONV_GEMM_BF16, "avx512bf16", GEMM_MR,
-                             im2col_rows<float>, im2col_rows<bf16>};
+                             im2col_rows<float>, im2col_rows<bf16>, conv_direct};
   return set;
 }
 #undef SEPCONV_GEMM_BF16
