@@ -155,6 +155,58 @@ def test_conv_direct_refuses_bad_arguments():
                       "none", 0, 0, False)
 
 
+# gemm_dw: (batch, K, H, W, N, kernel, stride, (top, bottom, left, right), dilation): an
+# EfficientNet expansion + 3x3/s2 and 5x5/s1, TF "same" padding, tall images (several bands),
+# dilation, N in partial panels
+GEMM_DW = [(2, 16, 30, 28, 96, 3, 2, (1, 1, 1, 1), 1), (1, 24, 17, 19, 144, 5, 1, (2, 2, 2, 2), 1),
+           (3, 8, 57, 9, 40, 3, 2, (0, 1, 0, 1), 1), (1, 12, 40, 13, 33, 3, 1, (2, 2, 2, 2), 2),
+           (1, 16, 5, 6, 48, 7, 1, (3, 3, 3, 3), 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16)], ids=str)
+@pytest.mark.parametrize("shape", GEMM_DW, ids=lambda s: "x".join(map(str, s[:5])) + f"-k{s[5]}s{s[6]}d{s[8]}")
+def test_gemm_dw_equals_the_two_calls(shape, dtype):
+    # the fused pass computes the same rows with the same kernels: equal to gemm then
+    # depthwise_hwc bit for bit, and both to float64 (F.conv2d) within the float32 bound
+    b, k_in, h, w_, n, k, s, pad, d = shape
+    g = torch.Generator().manual_seed(sum(shape[:5]))
+    x = torch.randn(b, k_in, h, w_, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    pw, pb = torch.randn(n, k_in, generator=g) / k_in ** 0.5, torch.randn(n, generator=g)
+    dw, db = torch.randn(n, 1, k, k, generator=g), torch.randn(n, generator=g)
+    packed, bias, w_hwc = C.gemm_pack(pw, dtype == torch.bfloat16), C.gemm_bias(pb), C.weight_hwc(dw)
+    dwargs = (w_hwc, db, [s, s], list(pad), [d, d], "clamp", 0.0, 6.0)
+    fused = C.gemm_dw(x, packed, n, bias, "silu", 0.0, 0.0, *dwargs)
+    separate = C.depthwise_hwc(C.gemm(x, packed, n, bias, None, True, "silu", 0.0, 0.0, "none", 0.0, 0.0), *dwargs)
+    assert fused.is_contiguous(memory_format=torch.channels_last) and torch.equal(fused, separate)
+    if dtype == torch.float32:
+        mid = F.silu(F.conv2d(x.double(), pw.double()[:, :, None, None], pb.double()))
+        top, bottom, left, right = pad
+        want = F.conv2d(F.pad(mid, [left, right, top, bottom]), dw.double(), db.double(), s, 0, d, n).clamp(0, 6)
+        torch.testing.assert_close(fused.double(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16)], ids=str)
+@pytest.mark.parametrize("shape", [(2, 40, 7, 7, 24), (3, 96, 30, 29, 24), (8, 1024, 4, 5, 70)],
+                         ids=["small", "chunked", "4k-rows"])
+def test_gemm_kscale_equals_the_product_first(shape, dtype):
+    # a squeeze-excitation's per-image channel scale fused into the 1x1 convolution after it:
+    # equal, bit for bit, to the product (rounded to x's dtype) then the GEMM, with a residual;
+    # "small" scales all of A at once, "chunked" (> 1 MiB) scales chunks of rows, some of them
+    # across two images; 1024 channels make rows 4 KiB apart
+    b, k, h, w_, n = shape
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(b, k, h, w_, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    s = torch.rand(b, k, 1, 1, generator=g).to(dtype)
+    r = torch.randn(b, n, h, w_, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    packed, bias = C.gemm_pack(torch.randn(n, k, generator=g), dtype == torch.bfloat16), C.gemm_bias(torch.randn(n))
+    args = (packed, n, bias, r, True, "silu", 0.0, 0.0, "relu", 0.0, 0.0)
+    fused = C.gemm(x, *args, s)
+    first = C.gemm((x * s).contiguous(memory_format=torch.channels_last), *args)
+    assert torch.equal(fused, first)
+    with pytest.raises(RuntimeError, match="kscale must hold"):
+        C.gemm(x, *args, s[:1])
+
+
 def test_gemm_nan_and_inf_propagate_like_matmul():
     dtype = torch.bfloat16 if C.gemm_bf16_supported() else torch.float32
     w = torch.randn(33, 40)

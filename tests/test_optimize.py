@@ -123,6 +123,21 @@ def test_zoo_float32_matches_float64_and_every_depthwise_runs_native(name):
                for r in fast.report.rows), fast.report.left
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_squeeze_excitation_scale_goes_into_the_projection(dtype):
+    # EfficientNet-B0's 16 blocks each scale the depthwise output by their gate, then project:
+    # no product of the two goes through memory (no ATen mul left), the result as eager's
+    if dtype == torch.bfloat16 and not kernels.has_bf16_gemm():
+        pytest.skip("no bfloat16 GEMM on this CPU")
+    model = _with_statistics(create_model("efficientnet_b0"))
+    x = torch.randn(2, 3, 64, 64)
+    fast = optimize_for_inference(model, x, dtype, tune=False)
+    assert sum("input scale" in r for r in fast.report.rows) == 16, str(fast.report)
+    assert not any(op.startswith("mul") for op in _ops(fast)), _ops(fast)
+    if dtype == torch.float32:
+        assert _rel_to_float64(model, x, fast(x)) < 1e-5
+
+
 @pytest.mark.parametrize("name", ["mobilenet_v1_100", "mobilenet_v2_100", "efficientnet_b0", "convnext_tiny"])
 def test_zoo_bfloat16_is_as_accurate_as_pytorch_bfloat16(name):
     model = _with_statistics(create_model(name))

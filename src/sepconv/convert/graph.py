@@ -98,6 +98,7 @@ class Step:
     act1: Act = Act()
     act2: Act = Act()
     residual: bool = False          # the node's kwarg "residual" is added after act1
+    kscale: bool = False            # gemm: the input is first scaled by the node's kwarg "kscale" (B, C, 1, 1)
     row: dict = field(default_factory=dict)
     versatile: tuple = ()           # versatile: (spatial, delta, g)
     scale: torch.Tensor | None = None   # versatile: per output channel, before the bias (a batch norm)
@@ -126,9 +127,9 @@ def add_const(gm: fx.GraphModule, tensor: torch.Tensor, before: fx.Node) -> fx.N
         return gm.graph.get_attr(f"_sepconv_const{i}")
 
 
-def aten_subgraph(gm: fx.GraphModule, node: fx.Node, step: Step, x, residual, dtype) -> fx.Node:
+def aten_subgraph(gm: fx.GraphModule, node: fx.Node, step: Step, x, residual, dtype, kscale=None) -> fx.Node:
     """ATen ops computing what the native `step` at `node` computes (inserted before it):
-    act2(act1(conv or linear(x) + bias) + residual)."""
+    act2(act1(conv or linear(x * kscale) + bias) + residual)."""
     graph = gm.graph
     if step.kind == "gemm":
         w = step.weight.reshape(step.weight.shape + ((1, 1) if step.conv else ()))
@@ -138,6 +139,8 @@ def aten_subgraph(gm: fx.GraphModule, node: fx.Node, step: Step, x, residual, dt
     b_node = None if step.bias is None else add_const(gm, step.bias.to(dtype), node)
     before = set(graph.nodes)
     with graph.inserting_before(node):
+        if kscale is not None:
+            x = graph.call_function(aten.mul.Tensor, (x, kscale))
         if step.kind == "gemm":
             y = graph.call_function(aten.conv2d.default if step.conv else aten.linear.default, (x, w_node, b_node))
         else:
@@ -472,7 +475,8 @@ class Lowering:
                     node.replace_all_uses_with(src)
                     self.graph.erase_node(node)
             elif node.target is aten.mul.Tensor:
-                self._fuse_scale(node)
+                if not self._fuse_input_scale(node):
+                    self._fuse_scale(node)
             elif node.target is aten.add.Tensor and node.kwargs.get("alpha", 1) == 1 and len(node.args) == 2:
                 self._fuse_residual(node)
 
@@ -518,6 +522,27 @@ class Lowering:
         step.row["scale"] = "per-channel scale folded into the weights"
         mul.replace_all_uses_with(x)
         self.graph.erase_node(mul)
+
+    def _fuse_input_scale(self, mul) -> bool:
+        """x * s with s (B, C, 1, 1) computed in the graph (a squeeze-excitation's gate), read only
+        by a 1x1 convolution: the product goes into its GEMM (kscale), not through memory."""
+        user = next(iter(mul.users)) if len(mul.users) == 1 else None
+        step = user.meta.get("step") if user is not None else None
+        if step is None or step.kind != "gemm" or not step.conv or user.args[0] is not mul or step.kscale:
+            return False
+        out = mul.meta.get("val")
+        for x, s in (mul.args, mul.args[::-1]):
+            xv, sv = (v.meta.get("val") if isinstance(v, fx.Node) else None for v in (x, s))
+            if (xv is None or sv is None or out is None or xv.dim() != 4 or tuple(out.shape) != tuple(xv.shape)
+                    or tuple(sv.shape) != (xv.shape[0], xv.shape[1], 1, 1) or not (sv.dtype == xv.dtype == out.dtype)):
+                continue
+            step.kscale = True
+            user.args = (x,) + tuple(user.args[1:])
+            user.kwargs = {**user.kwargs, "kscale": s}
+            step.row["input scale"] = "per-image channel scale (squeeze-excitation) fused"
+            self.graph.erase_node(mul)
+            return True
+        return False
 
     def _fuse_residual(self, add) -> None:
         for side in (0, 1):
@@ -590,14 +615,17 @@ class Lowering:
                         x, packed, n, b, residual, list(step.weight.shape[2:]), list(step.stride), list(step.pad),
                         list(step.dilation), *step.act1, *step.act2))
                 else:
-                    new = self._call_before(node, C.gemm, (x, packed, n, b, residual, step.conv, *step.act1, *step.act2))
+                    kscale = (node.kwargs["kscale"],) if step.kscale else ()
+                    new = self._call_before(node, C.gemm, (x, packed, n, b, residual, step.conv, *step.act1, *step.act2,
+                                                           *kscale))
                 kind = ("native direct convolution (few input channels, computed in float32)" if direct
                         else "native im2col + GEMM" if dense else "native GEMM")
                 step.row["became"] = (kind + f" (weight packed{self._bf16_note if bf16 and not direct else ''})"
                                       + (", residual add fused" if step.residual else "")
                                       + (f", {' + '.join(fused)} fused" if fused else ""))
             else:
-                new = aten_subgraph(self.gm, node, step, x, node.kwargs.get("residual"), self.dtype)
+                new = aten_subgraph(self.gm, node, step, x, node.kwargs.get("residual"), self.dtype,
+                                    node.kwargs.get("kscale"))
                 step.row["became"] = "ATen " + ("linear" if step.kind == "gemm" and not step.conv else "convolution") + (
                     " (this CPU has no bfloat16 dot products)" if bf16 else " (native kernels unavailable)")
             new.meta["val"], new.meta["row"], new.meta["step"] = node.meta.get("val"), step.row, step

@@ -26,7 +26,7 @@ VERSION = 1
 _KERNELS = kernels.INFERENCE_OPS
 # kernel -> (packed weight, N, gemm_bias) argument positions (versatile_gemm's bias is plain)
 _PACKED_ARG = {"gemm": (1, 2, 3), "conv_gemm": (1, 2, 3), "conv_direct": (1, 2, 3), "versatile_gemm": (1, 2, None),
-               "dw_gemm": (9, 10, 11)}
+               "dw_gemm": (9, 10, 11), "gemm_dw": (1, 2, 3)}
 
 
 def _target_name(target) -> str:

@@ -23,7 +23,8 @@ _state: dict = {}
 # The extension's inference ops that optimized models call (sepconv._C.NAME, and
 # torch.ops.sepconv.NAME for the Program); all but global_avg_pool write their output where
 # the Program's arena asks (new_output in bindings.cpp).
-INFERENCE_OPS = ("gemm", "conv_gemm", "conv_direct", "versatile_gemm", "depthwise_hwc", "global_avg_pool", "dw_gemm")
+INFERENCE_OPS = ("gemm", "conv_gemm", "conv_direct", "versatile_gemm", "depthwise_hwc", "global_avg_pool", "dw_gemm",
+                 "gemm_dw")
 ARENA_OPS = tuple(name for name in INFERENCE_OPS if name != "global_avg_pool")
 
 

@@ -518,13 +518,60 @@ at::Tensor gemm_bias(const at::Tensor& bias) {
   return out;
 }
 
+// The GEMM `g` of x's rows scaled per image and column k (A[m][k] * kscale[m / rows_per_image][k],
+// rounded to x's dtype, as an elementwise product before it would be): the scaled rows are
+// made in chunks that stay in L2 while the GEMM of each chunk runs, in parallel over chunks;
+// an A of at most 1 MiB is scaled whole and multiplied in parallel over B's panels instead (a
+// 7x7 layer's 49 rows, whose B would be read once a chunk).
+static void gemm_kscaled(const GemmArgs& g, const void* packed, const float* kscale, int64_t rows_per_image,
+                         bool bf16) {
+  const auto& ks = kernels();
+  const GemmFn run = bf16 ? ks.gemm_bf16 : ks.gemm_f32;
+  const ScaleRowsFn scale = bf16 ? ks.scale_rows_bf16 : ks.scale_rows_f32;
+  const int64_t item = bf16 ? 2 : 4, ld = (g.K * item) % 4096 == 0 ? g.K + 32 : g.K;   // (no 4 KiB-aliased rows)
+  const char* a = static_cast<const char*>(g.a);
+  auto scaled = [&](int64_t m0, int64_t m1, char* out) {
+    for (int64_t m = m0; m < m1;) {
+      const int64_t image = m / rows_per_image, end = std::min(m1, (image + 1) * rows_per_image);
+      scale(a + m * g.lda * item, g.lda, end - m, g.K, kscale + image * g.K, out + (m - m0) * ld * item, ld);
+      m = end;
+    }
+  };
+  if (g.M * g.K * item <= (1 << 20)) {
+    std::vector<char> buf(g.M * ld * item);
+    at::parallel_for(0, g.M, 16, [&](int64_t m0, int64_t m1) { scaled(m0, m1, buf.data() + m0 * ld * item); });
+    GemmArgs whole = g;
+    whole.a = buf.data(), whole.lda = ld;
+    return run(whole, packed);
+  }
+  const int64_t threads = at::get_num_threads(), tile = bf16 ? ks.gemm_mr_bf16 : ks.gemm_mr;
+  int64_t chunk = std::max<int64_t>(tile, (256 << 10) / (ld * item) / tile * tile);
+  chunk = std::min(chunk, std::max<int64_t>(tile, (g.M + 2 * threads - 1) / (2 * threads) + tile - 1) / tile * tile);
+  const int64_t chunks = (g.M + chunk - 1) / chunk;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<char> buf(chunk * ld * item);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t m0 = c * chunk, m1 = std::min(g.M, m0 + chunk);
+      scaled(m0, m1, buf.data());
+      GemmArgs part = g;
+      part.M = m1 - m0, part.a = buf.data(), part.lda = ld;
+      part.c = static_cast<char*>(g.c) + m0 * g.ldc * item;
+      if (g.residual) part.residual = static_cast<const char*>(g.residual) + m0 * g.ldr * item;
+      run(part, packed);   // (serial inside this thread's chunk)
+    }
+  });
+}
+
 // y = act2(act1(x . W^T + bias) + residual), W packed by gemm_pack, bias from gemm_bias. With
 // `conv`, x is (B, K, H, W) in channels_last memory (a 1x1 convolution) and so is y (B, N, H,
 // W); otherwise x is any contiguous tensor whose last dimension is K (a linear layer) and y
 // has x's shape with N last. x's dtype (float32 or bfloat16) is y's and must be the packed one.
+// `kscale` (1x1 convolutions only): x's channels scaled per image first, x * kscale with
+// kscale (B, K, 1, 1) (a squeeze-excitation's output), without that product going through
+// memory.
 at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& packed, int64_t N, const c10::optional<at::Tensor>& bias,
                 const c10::optional<at::Tensor>& residual, bool conv, const std::string& act1, double lo1,
-                double hi1, const std::string& act2, double lo2, double hi2) {
+                double hi1, const std::string& act2, double lo2, double hi2, const c10::optional<at::Tensor>& kscale) {
   RECORD_FUNCTION("sepconv::gemm", c10::ArrayRef<const c10::IValue>{});
   TORCH_CHECK(!conv || x_in.dim() == 4, "sepconv gemm: a 1x1 convolution's input must be 4-D");
   const at::Tensor x = conv ? x_in.contiguous(at::MemoryFormat::ChannelsLast) : x_in.contiguous();
@@ -554,11 +601,15 @@ at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& packed, int64_t N, con
   }
   if (M == 0) return y;
   const auto& ks = kernels();
-  if (x.scalar_type() == at::kBFloat16) {
-    TORCH_CHECK(ks.gemm_bf16, "sepconv gemm: this CPU has no bfloat16 dot products (AVX512-BF16)");
-    ks.gemm_bf16(g, packed.data_ptr());
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(!bf16 || ks.gemm_bf16, "sepconv gemm: this CPU has no bfloat16 dot products (AVX512-BF16)");
+  if (kscale.has_value()) {
+    TORCH_CHECK(conv && kscale->numel() == x.size(0) * K, "sepconv gemm: kscale must hold (B, K) values for a 1x1 "
+                "convolution's input (B, K, H, W), got ", kscale->sizes(), " for ", x.sizes());
+    const at::Tensor s = kscale->to(at::kFloat).contiguous();
+    gemm_kscaled(g, packed.data_ptr(), s.data_ptr<float>(), x.size(2) * x.size(3), bf16);
   } else {
-    ks.gemm_f32(g, packed.data_ptr());
+    (bf16 ? ks.gemm_bf16 : ks.gemm_f32)(g, packed.data_ptr());
   }
   return y;
 }
@@ -749,33 +800,20 @@ at::Tensor versatile_gemm(const at::Tensor& x, const at::Tensor& packed, int64_t
 }
 
 // Global average pooling of (B, C, H, W) to (B, C, 1, 1) (`keepdim`) or (B, C), summed in
-// float32 over channels_last rows. (ATen's adaptive pooling of a channels_last 1024 x 7 x 7
-// tensor took 0.19 ms here.)
+// float32 over channels_last rows by the kernel set. (ATen's adaptive pooling of a
+// channels_last 1024 x 7 x 7 tensor took 0.19 ms here.)
 at::Tensor global_avg_pool(const at::Tensor& x_in, bool keepdim) {
   RECORD_FUNCTION("sepconv::global_avg_pool", c10::ArrayRef<const c10::IValue>{});
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(x.dim() == 4 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "sepconv global_avg_pool: x must be a 4-D float32 or bfloat16 tensor");
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   auto y = at::empty({B, C}, x.options());
-  // tasks of (image, 64 channels), float32 sums in a local array (the compiler keeps it in
-  // registers; summing into the output in place aliased the input and ran element by element)
-  constexpr int64_t CB = 64;
-  const int64_t blocks = (C + CB - 1) / CB;
-  auto run = [&](const auto* p, auto* out) {
-    using T = std::remove_cv_t<std::remove_pointer_t<decltype(out)>>;
-    at::parallel_for(0, B * blocks, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / blocks, c0 = t % blocks * CB, n = std::min(CB, C - c0);
-        float acc[CB] = {};
-        for (int64_t q = 0; q < P; ++q) {
-          const auto* row = p + (b * P + q) * C + c0;
-          for (int64_t c = 0; c < n; ++c) acc[c] += static_cast<float>(row[c]);
-        }
-        for (int64_t c = 0; c < n; ++c) out[b * C + c0 + c] = static_cast<T>(acc[c] / static_cast<float>(P));
-      }
-    });
-  };
-  if (x.scalar_type() == at::kBFloat16) run(x.data_ptr<c10::BFloat16>(), y.data_ptr<c10::BFloat16>());
-  else run(x.data_ptr<float>(), y.data_ptr<float>());
+  if (y.numel() > 0) {
+    const auto& ks = kernels();
+    (x.scalar_type() == at::kBFloat16 ? ks.global_avg_pool_bf16 : ks.global_avg_pool_f32)(x.data_ptr(), B, P, C,
+                                                                                           y.data_ptr());
+  }
   return keepdim ? y.view({B, C, 1, 1}) : y;
 }
 
@@ -865,6 +903,76 @@ at::Tensor dw_gemm(const at::Tensor& x, const at::Tensor& w_hwc, const c10::opti
   return y;
 }
 
+// A 1x1 convolution (gemm's arguments, but for the residual) and the depthwise convolution
+// reading its output (depthwise_hwc's), fused: the expansion then depthwise of an inverted
+// residual block (MobileNetV2, EfficientNet). A task computes the 1x1 rows that a band of
+// depthwise output rows reads into a buffer that stays in L2, and runs the depthwise kernel
+// on it, so that the expanded tensor (6x the block's input, 38 MB at batch 8 in
+// EfficientNet-B0's second stage) never goes through memory. Bands overlap by the rows the
+// kernel shares ((kh - 1) * dh + 1 - sh): those 1x1 rows are computed twice. The depthwise
+// channels are the 1x1's N; y is (B, N, OH, OW) channels_last in x's dtype.
+at::Tensor gemm_dw(const at::Tensor& x, const at::Tensor& packed, int64_t N, const c10::optional<at::Tensor>& bias,
+                   const std::string& act1, double lo1, double hi1, const at::Tensor& w_hwc,
+                   const c10::optional<at::Tensor>& dw_bias, std::vector<int64_t> stride, std::vector<int64_t> pad,
+                   std::vector<int64_t> dilation, const std::string& dw_act, double dw_lo, double dw_hi) {
+  RECORD_FUNCTION("sepconv::gemm_dw", c10::ArrayRef<const c10::IValue>{});
+  const char* who = "sepconv gemm_dw";
+  const at::Tensor xl = x.contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(xl.dim() == 4 && xl.scalar_type() == packed.scalar_type(), who, ": x is (B, K, H, W) of the packed "
+              "weight's dtype ", packed.scalar_type(), ", got ", xl.sizes(), " ", xl.scalar_type());
+  TORCH_CHECK(w_hwc.dim() == 3 && w_hwc.size(2) == N && w_hwc.scalar_type() == at::kFloat,
+              who, ": the depthwise weight must be float32 (kh, kw, N)");
+  TORCH_CHECK(pad.size() == 4 && stride.size() == 2 && dilation.size() == 2, who,
+              ": pad is (top, bottom, left, right), stride and dilation pairs");
+  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == at::kFloat && bias->numel() >= N),
+              who, ": bias must come from gemm_bias");
+  const bool bf16 = xl.scalar_type() == at::kBFloat16;
+  const auto& ks = kernels();
+  TORCH_CHECK(!bf16 || ks.gemm_bf16, who, ": this CPU has no bfloat16 GEMM");
+  const int64_t B = xl.size(0), K = xl.size(1), H = xl.size(2), W = xl.size(3), item = xl.element_size();
+  Geometry g{B, H, W, N, 0, 0, (int)w_hwc.size(0), (int)w_hwc.size(1), (int)stride[0], (int)stride[1],
+             (int)pad[0], (int)pad[2], (int)dilation[0], (int)dilation[1]};
+  g.OH = (H + pad[0] + pad[1] - g.dil_h * (g.kh - 1) - 1) / g.sh + 1;
+  g.OW = (W + pad[2] + pad[3] - g.dil_w * (g.kw - 1) - 1) / g.sw + 1;
+  TORCH_CHECK(g.OH > 0 && g.OW > 0, who, ": the output would be empty");
+  g.cached_in = true;
+  auto y = new_output({B, N, g.OH, g.OW}, xl.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (y.numel() == 0) return y;
+  const auto* v = select_variant(ks.forward, ks.n_forward, g, dtype_of(xl));
+  const Act a1 = parse_act(act1, lo1, hi1), dact = parse_act(dw_act, dw_lo, dw_hi);
+  // bands of output rows whose 1x1 rows take about 512 KiB (half a core's L2), at least two
+  // bands per thread
+  const int64_t row_bytes = W * N * item, shared = (g.kh - 1) * g.dil_h + 1, threads = at::get_num_threads();
+  int64_t band = std::max<int64_t>(1, ((512 << 10) / row_bytes - shared) / g.sh + 1);
+  band = std::max<int64_t>(1, std::min(band, (B * g.OH + 2 * threads - 1) / (2 * threads)));
+  const int64_t bands = (g.OH + band - 1) / band;
+  const int64_t buf_rows = std::min<int64_t>(H, (band - 1) * g.sh + shared);
+  const float* db = dw_bias.has_value() ? dw_bias->data_ptr<float>() : nullptr;
+  const char* xp = static_cast<const char*>(xl.data_ptr());
+  char* yp = static_cast<char*>(y.data_ptr());
+  at::parallel_for(0, B * bands, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<char> buf(buf_rows * row_bytes);
+    Geometry one = g;
+    one.N = 1;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / bands, oh0 = t % bands * band, oh1 = std::min(g.OH, oh0 + band);
+      const int64_t ih0 = std::max<int64_t>(0, oh0 * g.sh - g.ph);
+      const int64_t ih1 = std::min<int64_t>(H, (oh1 - 1) * g.sh - g.ph + shared);
+      if (ih1 > ih0) {
+        GemmArgs ga{(ih1 - ih0) * W, N, K, xp + (n * H + ih0) * W * K * item, K, buf.data(), N, nullptr, nullptr, 0,
+                    a1, Act{}};
+        if (bias.has_value()) ga.bias = bias->data_ptr<float>();
+        (bf16 ? ks.gemm_bf16 : ks.gemm_f32)(ga, packed.data_ptr());
+      }
+      // the kernel reads input row ih at x + ih * W * N (rows outside [0, H) are padding, never
+      // read): shift the buffer so that row ih0 lands at its start
+      v->fn(buf.data() - ih0 * row_bytes, w_hwc.data_ptr<float>(), db, yp + n * g.OH * g.OW * N * item, one, dact,
+            oh0, oh1);
+    }
+  });
+  return y;
+}
+
 // The B^T rows then the A^T rows the Winograd kernels use for F(m, 3), m = 2 or 4.
 std::vector<std::vector<float>> winograd_constants(int64_t m) {
   TORCH_CHECK(m == 2 || m == 4, "winograd_constants: m must be 2 or 4, got ", m);
@@ -886,7 +994,7 @@ TORCH_LIBRARY(sepconv, m) {
   // The inference kernels of optimized models, for their Program (program.cpp); the Python
   // module's functions of the same names call them without the dispatcher.
   m.def("gemm(Tensor x, Tensor packed, int N, Tensor? bias, Tensor? residual, bool conv, str act1, float lo1, "
-        "float hi1, str act2, float lo2, float hi2) -> Tensor");
+        "float hi1, str act2, float lo2, float hi2, Tensor? kscale=None) -> Tensor");
   m.def("conv_gemm(Tensor x, Tensor packed, int N, Tensor? bias, Tensor? residual, int[] kernel, int[] stride, "
         "int[] pad, int[] dilation, str act1, float lo1, float hi1, str act2, float lo2, float hi2) -> Tensor");
   m.def("versatile_gemm(Tensor x, Tensor packed, int N, int blocks, Tensor? bias, Tensor? scale, int[] runs, "
@@ -894,6 +1002,8 @@ TORCH_LIBRARY(sepconv, m) {
   m.def("depthwise_hwc(Tensor x, Tensor w_hwc, Tensor? bias, int[] stride, int[] pad, int[] dilation, str act, "
         "float lo, float hi) -> Tensor");
   m.def("global_avg_pool(Tensor x, bool keepdim) -> Tensor");
+  m.def("gemm_dw(Tensor x, Tensor packed, int N, Tensor? bias, str act1, float lo1, float hi1, Tensor w_hwc, "
+        "Tensor? dw_bias, int[] stride, int[] pad, int[] dilation, str dw_act, float dw_lo, float dw_hi) -> Tensor");
   m.def("conv_direct(Tensor x, Tensor packed, int N, Tensor? bias, int[] kernel, int[] stride, int[] pad, "
         "int[] dilation, str act, float lo, float hi, bool bf16) -> Tensor");
   m.def("dw_gemm(Tensor x, Tensor w_hwc, Tensor? dw_bias, int[] stride, int[] pad, int[] dilation, str dw_act, "
@@ -911,8 +1021,8 @@ TORCH_LIBRARY_IMPL(sepconv, CPU, m) {
   auto vec = [](Ints v) { return v.vec(); };
   m.impl("gemm", [str](const at::Tensor& x, const at::Tensor& packed, int64_t N, const c10::optional<at::Tensor>& bias,
                        const c10::optional<at::Tensor>& residual, bool conv, Str act1, double lo1, double hi1, Str act2,
-                       double lo2, double hi2) {
-    return sepconv::gemm(x, packed, N, bias, residual, conv, str(act1), lo1, hi1, str(act2), lo2, hi2);
+                       double lo2, double hi2, const c10::optional<at::Tensor>& kscale) {
+    return sepconv::gemm(x, packed, N, bias, residual, conv, str(act1), lo1, hi1, str(act2), lo2, hi2, kscale);
   });
   m.impl("conv_gemm", [str, vec](const at::Tensor& x, const at::Tensor& packed, int64_t N,
                                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
@@ -933,6 +1043,13 @@ TORCH_LIBRARY_IMPL(sepconv, CPU, m) {
     return sepconv::depthwise_hwc(x, w, bias, vec(stride), vec(pad), vec(dilation), str(act), lo, hi);
   });
   m.impl("global_avg_pool", &sepconv::global_avg_pool);
+  m.impl("gemm_dw", [str, vec](const at::Tensor& x, const at::Tensor& packed, int64_t N,
+                               const c10::optional<at::Tensor>& bias, Str act1, double lo1, double hi1,
+                               const at::Tensor& w, const c10::optional<at::Tensor>& dw_bias, Ints stride, Ints pad,
+                               Ints dilation, Str dw_act, double dw_lo, double dw_hi) {
+    return sepconv::gemm_dw(x, packed, N, bias, str(act1), lo1, hi1, w, dw_bias, vec(stride), vec(pad), vec(dilation),
+                            str(dw_act), dw_lo, dw_hi);
+  });
   m.impl("conv_direct", [str, vec](const at::Tensor& x, const at::Tensor& packed, int64_t N,
                                    const c10::optional<at::Tensor>& bias, Ints kernel, Ints stride, Ints pad,
                                    Ints dilation, Str act, double lo, double hi, bool bf16) {
@@ -978,11 +1095,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("weight"), pybind11::arg("bf16") = false);
   m.def("gemm_unpack", &sepconv::gemm_unpack, "the (N, K) float32 weight of a gemm_pack result");
   m.def("gemm_bias", &sepconv::gemm_bias, "a bias as float32 padded to whole GEMM panels");
-  m.def("gemm", &sepconv::gemm, "y = act2(act1(x . W^T + bias) + residual) with W packed by gemm_pack");
+  namespace py = pybind11;
+  m.def("gemm", &sepconv::gemm, "y = act2(act1((x * kscale) . W^T + bias) + residual) with W packed by gemm_pack",
+        py::arg("x"), py::arg("packed"), py::arg("N"), py::arg("bias"), py::arg("residual"), py::arg("conv"),
+        py::arg("act1"), py::arg("lo1"), py::arg("hi1"), py::arg("act2"), py::arg("lo2"), py::arg("hi2"),
+        py::arg("kscale") = py::none());
   m.def("conv_gemm", &sepconv::conv_gemm, "a dense convolution as im2col + gemm (weight packed as (N, kh, kw, C))");
   m.def("versatile_gemm", &sepconv::versatile_gemm,
         "a versatile convolution as im2col by runs + a program of GEMM calls (functional/versatile.py)");
   m.def("global_avg_pool", &sepconv::global_avg_pool, "mean over H and W of a channels_last tensor");
+  m.def("gemm_dw", &sepconv::gemm_dw,
+        "a 1x1 convolution and the depthwise convolution after it in one pass (its output stays in L2)");
   m.def("conv_direct", &sepconv::conv_direct,
         "a dense convolution of an input with few channels (a stem) from any layout, by direct implicit GEMM");
   m.def("dw_gemm", &sepconv::dw_gemm,

@@ -117,6 +117,8 @@ inline int64_t nt_bytes() {
   }();
   return bytes;
 }
+// (bfloat16 is stored plainly: its vector is half a cache line, and streaming the two halves
+// apart in time made 8x32x112x112 at 3x3 three times slower on the Zen 4)
 template <typename T> inline void stream_store(T* p, vf v, bool nt) { IO<T>::store(p, v); }
 #if defined(__x86_64__)
 template <> inline void stream_store(float* p, vf v, bool nt) {
@@ -233,12 +235,43 @@ inline vf verf(vf x) {
   return x < 0 ? -y : y;
 }
 
+// 1 / (1 + exp(-x)), for sigmoid and SiLU (EfficientNet applies SiLU to every expansion and
+// depthwise output: a sixth of its time).
+inline vf vsigmoid(vf x) {
+#if SEPCONV_VL == 16
+  // AVX-512: exp(-x) = 2^n 2^f, n = round(-x log2 e), f = -x log2 e - n by two FMAs (log2 e
+  // split in two: f exact enough at |x| = 80), 2^f by a degree-5 polynomial (relative error
+  // 1.1e-7 on [-1/2, 1/2], fitted here), 2^n by vscalefps. x is clamped to [-86.6, 87.3], so
+  // that 2^n stays normal and 1 + exp(-x) finite (the reciprocal needs no inf case); below
+  // -86.6 the result is 0 (x NaN: NaN). 19 instructions against 27 by vexp: SiLU 6.1 -> 4.7 ns
+  // a vector on the Zen 4, relative error 1.7e-7 both.
+  const __m512 xc = _mm512_min_ps(_mm512_set1_ps(87.3f), _mm512_max_ps(_mm512_set1_ps(-86.6f), (__m512)x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(-1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vf f = (vf)_mm512_fmadd_ps(xc, _mm512_set1_ps(-1.925963033500011079e-8f),
+                                   _mm512_fmsub_ps(xc, _mm512_set1_ps(-1.44269502162933349609375f), n));
+  vf p = splat(1.3219078641089031e-3f);
+  p = p * f + 9.671698524079739e-3f;
+  p = p * f + 5.550891543013335e-2f;
+  p = p * f + 2.402223799056349e-1f;
+  p = p * f + 6.931468570246182e-1f;
+  p = p * f + 1.0f;
+  const vf d = 1.0f + (vf)_mm512_scalef_ps((__m512)p, n);
+  const vf r = (vf)_mm512_rcp14_ps((__m512)d);
+  const vf s = r * (2.0f - d * r);
+  return (vf)_mm512_mask_mov_ps((__m512)s, _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(-86.6f), _CMP_LT_OQ),
+                                _mm512_setzero_ps());
+#else
+  return vrecip(1.0f + vexp(-x));
+#endif
+}
+
 inline __attribute__((always_inline)) vf act_general(vf x, Act a) {
   switch (a.kind) {
     case ACT_RELU: return x < 0 ? vf{} : x;
     case ACT_CLAMP: return x < a.lo ? splat(a.lo) : (x > a.hi ? splat(a.hi) : x);
-    case ACT_SILU: return x * vrecip(1.0f + vexp(-x));
-    case ACT_SIGMOID: return vrecip(1.0f + vexp(-x));
+    case ACT_SILU: return x * vsigmoid(x);
+    case ACT_SIGMOID: return vsigmoid(x);
     case ACT_HARDSWISH: {
       vf t = x + 3.0f;
       t = t < 0 ? vf{} : (t > 6.0f ? splat(6.0f) : t);

@@ -51,7 +51,7 @@ void forward_rows(const T* x, const float* w, const float* b, T* y, const Geomet
   interior(g, lo, hi);
   // (streamed stores leave the cache, where the activation pass would read them back)
   const bool nt = g.N * g.OH * g.OW * g.C * (int64_t)sizeof(T) > nt_bytes() && !post && !g.cached_out;
-  const bool prefetch = g.N * g.H * g.W * g.C * (int64_t)sizeof(T) > PREFETCH_BYTES;
+  const bool prefetch = g.N * g.H * g.W * g.C * (int64_t)sizeof(T) > PREFETCH_BYTES && !g.cached_in;
   constexpr int OB = KH * KW <= 9 ? 8 : 4;
   // Channel blocks inside each block of outputs with 16 vector registers (measured 1.1-1.3x
   // on MobileNet's 3x3 layers on a Zen 3, AVX2), outside the whole row with 32, where one

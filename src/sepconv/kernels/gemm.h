@@ -26,37 +26,46 @@ void gemm_pack_f32(const float* w, int64_t N, int64_t K, void* packed) {
       }
 }
 
-// An activation on the R x 2 accumulators of a tile: ReLU and clamp in registers, the others
-// by act_vectors on a copy (the accumulators' address never escapes, so they stay in
-// registers: with the tile in memory, a 32-deep 1x1 convolution spent as long in its epilogue
-// as in its FMAs).
-template <int R>
+// An activation on the R x NV accumulators of a tile (NV vectors a row: a1 unused if 1): ReLU
+// and clamp in registers, the others by act_vectors on a copy (the accumulators' address
+// never escapes, so they stay in registers: with the tile in memory, a 32-deep 1x1
+// convolution spent as long in its epilogue as in its FMAs).
+template <int R, int NV = 2>
 inline __attribute__((always_inline)) void act_tile(vf* a0, vf* a1, const Act& a) {
   if (a.kind == ACT_NONE) return;
   if (act_inline(a)) {
     auto each = [&](const Act k) INLINE_LAMBDA {   // k's kind known in each branch below
 #pragma GCC unroll 16
-      for (int i = 0; i < R; ++i) a0[i] = activate(a0[i], k), a1[i] = activate(a1[i], k);
+      for (int i = 0; i < R; ++i) {
+        a0[i] = activate(a0[i], k);
+        if constexpr (NV == 2) a1[i] = activate(a1[i], k);
+      }
     };
     if (a.kind == ACT_RELU) each(Act{ACT_RELU});
     else each(a);
     return;
   }
-  vf c[2 * R];
+  vf c[NV * R];
 #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i) c[2 * i] = a0[i], c[2 * i + 1] = a1[i];
-  act_vectors(c, 2 * R, a);
+  for (int i = 0; i < R; ++i) {
+    c[NV * i] = a0[i];
+    if constexpr (NV == 2) c[2 * i + 1] = a1[i];
+  }
+  act_vectors(c, NV * R, a);
 #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i) a0[i] = c[2 * i], a1[i] = c[2 * i + 1];
+  for (int i = 0; i < R; ++i) {
+    a0[i] = c[NV * i];
+    if constexpr (NV == 2) a1[i] = c[2 * i + 1];
+  }
 }
 
 // The epilogue of a tile's R rows in registers (acc0[r], acc1[r]: row m + r, columns
-// [n0, n0 + ncols)): accum, scale, bias, act1, residual, act2, store; the per-column vectors
-// are loaded once a tile.
-template <typename T, int R>
+// [n0, n0 + ncols); NV = 1: acc0 alone, ncols <= VL): accum, scale, bias, act1, residual,
+// act2, store; the per-column vectors are loaded once a tile.
+template <typename T, int R, int NV = 2>
 inline __attribute__((always_inline)) void gemm_epilogue_tile(vf* acc0, vf* acc1, const GemmArgs& g, int64_t m,
                                                               int64_t n0, int ncols) {
-  const int l0 = ncols >= VL ? VL : ncols, l1 = ncols >= 2 * VL ? VL : ncols - VL;
+  const int l0 = ncols >= VL ? VL : ncols, l1 = NV == 1 ? 0 : ncols >= 2 * VL ? VL : ncols - VL;
   auto add_rows = [&](const void* src, int64_t ld) INLINE_LAMBDA {
     const T* s = static_cast<const T*>(src) + m * ld + n0;
 #pragma GCC unroll 16
@@ -67,19 +76,25 @@ inline __attribute__((always_inline)) void gemm_epilogue_tile(vf* acc0, vf* acc1
   };
   if (g.accum) add_rows(g.accum, g.ldacc);
   if (g.scale) {
-    const vf s0 = loadf(g.scale + n0), s1 = loadf(g.scale + n0 + VL);
+    const vf s0 = loadf(g.scale + n0), s1 = loadf(g.scale + n0 + (NV - 1) * VL);
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) acc0[r] *= s0, acc1[r] *= s1;
+    for (int r = 0; r < R; ++r) {
+      acc0[r] *= s0;
+      if constexpr (NV == 2) acc1[r] *= s1;
+    }
   }
   if (g.bias) {
-    const vf b0 = loadf(g.bias + n0), b1 = loadf(g.bias + n0 + VL);
+    const vf b0 = loadf(g.bias + n0), b1 = loadf(g.bias + n0 + (NV - 1) * VL);
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) acc0[r] += b0, acc1[r] += b1;
+    for (int r = 0; r < R; ++r) {
+      acc0[r] += b0;
+      if constexpr (NV == 2) acc1[r] += b1;
+    }
   }
-  act_tile<R>(acc0, acc1, g.act1);
+  act_tile<R, NV>(acc0, acc1, g.act1);
   if (g.residual) {
     add_rows(g.residual, g.ldr);
-    act_tile<R>(acc0, acc1, g.act2);
+    act_tile<R, NV>(acc0, acc1, g.act2);
   }
   T* out = static_cast<T*>(g.c) + m * g.ldc + n0;
 #pragma GCC unroll 16
@@ -112,7 +127,9 @@ void gemm_copy_a(const T* a, int64_t lda, int64_t M, int64_t K, T* out) {
 // through one pointer per three rows and the stride: row 3q + r at base[q] + r * lda, which
 // x86 addresses as (base, stride, scale 4 or 8), so that 14 rows need 5 pointers and one
 // stride register instead of 14 pointers (which spilled, and the loads waited on reloads).
-template <typename T, int MR, bool PACKED>
+// NV = 1: the first vector of the panel's columns alone (a panel with ncols <= VL: half the
+// FMAs of a whole tile, and no zero columns multiplied).
+template <typename T, int MR, bool PACKED, int NV = 2>
 void gemm_tile(const GemmArgs& g, const T* a, const float* panel, int64_t m, int64_t n0, int ncols) {
   constexpr int Q = (MR + 2) / 3;
   vf acc0[MR], acc1[MR];
@@ -125,18 +142,18 @@ void gemm_tile(const GemmArgs& g, const T* a, const float* panel, int64_t m, int
   const float* bp = panel;
 #pragma GCC unroll 2
   for (int64_t k = 0; k < g.K; ++k) {
-    const vf b0 = loadf(bp), b1 = loadf(bp + VL);
+    const vf b0 = loadf(bp), b1 = NV == 2 ? loadf(bp + VL) : vf{};
     bp += GEMM_NR;
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const vf av = splat(IO<T>::get(PACKED ? base[0] + i : base[i / 3] + (i % 3) * lda));
       acc0[i] += av * b0;
-      acc1[i] += av * b1;
+      if constexpr (NV == 2) acc1[i] += av * b1;
     }
 #pragma GCC unroll 6
     for (int q = 0; q < Q; ++q) base[q] += PACKED ? MR : 1;
   }
-  gemm_epilogue_tile<T, MR>(acc0, acc1, g, m, n0, ncols);
+  gemm_epilogue_tile<T, MR, NV>(acc0, acc1, g, m, n0, ncols);
 }
 
 // Rows [m0, m1) (whole tiles but the last) against panels [p0, p1), each tile of rows against
@@ -148,6 +165,10 @@ void gemm_unit(const GemmArgs& g, const T* a, const float* packed, int64_t m0, i
     for (int64_t p = p0; p < p1; ++p) {
       const float* panel = packed + p * (g.ldb ? g.ldb : g.K) * GEMM_NR;
       const int ncols = (int)std::min<int64_t>(GEMM_NR, g.N - p * GEMM_NR);
+      if (ncols <= VL && m + GEMM_MR <= m1) {
+        gemm_tile<T, GEMM_MR, PACKED, 1>(g, rows, panel, m, p * GEMM_NR, ncols);
+        continue;
+      }
       switch (std::min<int64_t>(GEMM_MR, m1 - m)) {
 #define SEPCONV_TILE(r) case r: if constexpr (r <= GEMM_MR) gemm_tile<T, r, PACKED>(g, rows, panel, m, p * GEMM_NR, ncols); break;
         SEPCONV_TILE(1) SEPCONV_TILE(2) SEPCONV_TILE(3) SEPCONV_TILE(4) SEPCONV_TILE(5) SEPCONV_TILE(6)
@@ -199,6 +220,20 @@ void gemm_f32(const GemmArgs& g, const void* packed) {
   }
 }
 
+// ScaleRowsFn (kernels.h)
+template <typename T>
+void scale_rows(const void* a_, int64_t lda, int64_t rows, int64_t K, const float* scale, void* out_, int64_t ldo) {
+  const T* a = static_cast<const T*>(a_);
+  T* out = static_cast<T*>(out_);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* src = a + r * lda;
+    T* dst = out + r * ldo;
+    int64_t k = 0;
+    for (; k + VL <= K; k += VL) IO<T>::store(dst + k, IO<T>::load(src + k) * loadf(scale + k));
+    if (k < K) store_lanes(dst + k, load_lanes(src + k, (int)(K - k)) * load_lanes(scale + k, (int)(K - k)), (int)(K - k));
+  }
+}
+
 #ifdef SEPCONV_BF16_INSNS
 // bfloat16 with AVX512-BF16 dot products: vdpbf16ps adds a[k] b[k] + a[k+1] b[k+1] to each
 // float32 lane, so B is packed by pairs of k: per pair, NR columns x (k, k+1) as 2 * NR halves
@@ -221,7 +256,7 @@ void gemm_pack_bf16(const float* w, int64_t N, int64_t K, void* out) {
 // MR rows of A as bfloat16 pairs (32 bits each): row i's pair kp at rows16 + i * lda + 2 * kp
 // (read, as in gemm_tile, through one pointer per three rows), or k-major (a32[kp * MR + i])
 // if PACKED.
-template <int MR, bool PACKED>
+template <int MR, bool PACKED, int NV = 2>
 void gemm_tile_bf16(const GemmArgs& g, const void* a, const uint16_t* panel, int64_t m,
                                         int64_t n0, int ncols) {
   constexpr int Q = (MR + 2) / 3;
@@ -235,7 +270,7 @@ void gemm_tile_bf16(const GemmArgs& g, const void* a, const uint16_t* panel, int
   const uint16_t* bp = panel;
 #pragma GCC unroll 2
   for (int64_t kp = 0; kp < full; ++kp) {
-    const __m512i b0 = _mm512_loadu_si512(bp), b1 = _mm512_loadu_si512(bp + GEMM_NR);
+    const __m512i b0 = _mm512_loadu_si512(bp), b1 = NV == 2 ? _mm512_loadu_si512(bp + GEMM_NR) : b0;
     bp += 2 * GEMM_NR;
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -243,7 +278,7 @@ void gemm_tile_bf16(const GemmArgs& g, const void* a, const uint16_t* panel, int
       std::memcpy(&pair, PACKED ? base[0] + 2 * i : base[i / 3] + (i % 3) * lda, 4);
       const __m512i av = _mm512_set1_epi32((int)pair);
       acc0[i] = _mm512_dpbf16_ps(acc0[i], (__m512bh)av, (__m512bh)b0);
-      acc1[i] = _mm512_dpbf16_ps(acc1[i], (__m512bh)av, (__m512bh)b1);
+      if constexpr (NV == 2) acc1[i] = _mm512_dpbf16_ps(acc1[i], (__m512bh)av, (__m512bh)b1);
     }
 #pragma GCC unroll 6
     for (int q = 0; q < Q; ++q) base[q] += PACKED ? 2 * MR : 2;
@@ -260,7 +295,7 @@ void gemm_tile_bf16(const GemmArgs& g, const void* a, const uint16_t* panel, int
   vf c0[MR], c1[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) c0[i] = (vf)acc0[i], c1[i] = (vf)acc1[i];
-  gemm_epilogue_tile<bf16, MR>(c0, c1, g, m, n0, ncols);
+  gemm_epilogue_tile<bf16, MR, NV>(c0, c1, g, m, n0, ncols);
 }
 
 template <bool PACKED>
@@ -273,6 +308,10 @@ void gemm_unit_bf16(const GemmArgs& g, const void* a, const uint16_t* packed, in
     for (int64_t p = p0; p < p1; ++p) {
       const uint16_t* panel = packed + p * panel_halves;
       const int ncols = (int)std::min<int64_t>(GEMM_NR, g.N - p * GEMM_NR);
+      if (ncols <= VL && m + GEMM_MR <= m1) {
+        gemm_tile_bf16<GEMM_MR, PACKED, 1>(g, rows, panel, m, p * GEMM_NR, ncols);
+        continue;
+      }
       switch (std::min<int64_t>(GEMM_MR, m1 - m)) {
 #define SEPCONV_TILE(r) case r: gemm_tile_bf16<r, PACKED>(g, rows, panel, m, p * GEMM_NR, ncols); break;
         SEPCONV_TILE(1) SEPCONV_TILE(2) SEPCONV_TILE(3) SEPCONV_TILE(4) SEPCONV_TILE(5) SEPCONV_TILE(6)

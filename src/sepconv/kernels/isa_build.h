@@ -36,6 +36,7 @@ namespace SEPCONV_ISA {
 #include "gemm.h"
 #include "im2col.h"
 #include "direct.h"
+#include "pool.h"
 #include "table.h"
 }  // namespace SEPCONV_ISA
 }  // namespace sepconv

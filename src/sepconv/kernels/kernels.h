@@ -16,6 +16,7 @@ struct Geometry {
   int64_t N, H, W, C, OH, OW;
   int kh, kw, sh, sw, ph, pw, dil_h, dil_w;
   bool cached_out = false;   // the output is read again at once (dw_gemm's buffer): no streamed stores
+  bool cached_in = false;    // the input is a buffer in cache (gemm_dw's): no software prefetch
 };
 
 // The activation applied to each finished output (bias included): ReLU, clamp (ReLU6,
@@ -100,6 +101,15 @@ struct DirectArgs {
 };
 using DirectFn = void (*)(const DirectArgs& a);
 
+// out[r][k] = a[r][k] * scale[k] for r < rows, k < K, rows lda and ldo elements apart (T: the
+// set's float or bf16, rounded once): a squeeze-excitation's per-channel scale applied to the
+// rows of the 1x1 convolution that reads them (gemm's kscale).
+// y (B, C) = the mean over P pixels of x (B, P, C), in x's dtype (float or bf16), summed in float32.
+using PoolFn = void (*)(const void* x, int64_t B, int64_t P, int64_t C, void* y);
+
+using ScaleRowsFn = void (*)(const void* a, int64_t lda, int64_t rows, int64_t K, const float* scale, void* out,
+                             int64_t ldo);
+
 // One named kernel and the calls it serves: kernel (kh, kw), equal strides `stride`, no
 // dilation, `dtype`. kh == 0 marks the generic kernel of a dtype (any size, stride, dilation).
 template <typename Fn> struct Variant {
@@ -143,6 +153,8 @@ struct KernelSet {
   int gemm_mr_bf16 = 0;
   Im2colFn im2col_f32 = nullptr, im2col_bf16 = nullptr;
   DirectFn conv_direct = nullptr;
+  ScaleRowsFn scale_rows_f32 = nullptr, scale_rows_bf16 = nullptr;
+  PoolFn global_avg_pool_f32 = nullptr, global_avg_pool_bf16 = nullptr;
 };
 
 // The variant serving (kh, kw, stride, dilation, dtype): the first specialised row that

@@ -54,7 +54,9 @@ const KernelSet& kernel_set() {
                              BACKWARD, SEPCONV_COUNT(BACKWARD),
                              WINOGRAD, SEPCONV_COUNT(WINOGRAD),
                              GEMM_NR, GEMM_MR, gemm_pack_f32, gemm_f32, SEPCONV_GEMM_BF16, "avx512bf16", GEMM_MR,
-                             im2col_rows<float>, im2col_rows<bf16>, conv_direct};
+                             im2col_rows<float>, im2col_rows<bf16>, conv_direct,
+                             scale_rows<float>, scale_rows<bf16>,
+                             global_avg_pool_rows<float>, global_avg_pool_rows<bf16>};
   return set;
 }
 #undef SEPCONV_GEMM_BF16
