@@ -270,11 +270,17 @@ def _choose_backends(gm: fx.GraphModule, dtype) -> None:
                 continue
             residual = None if node.target is C.conv_direct else args[4]
             sub = _aten_callable(step, args[0].dtype)
-            cands = compare([Candidate("native", lambda a=args: node.target(*a)),
-                             Candidate("aten", lambda a=args: sub(a[0], residual))], rounds=12, warmup=2, budget_s=0.25)
-            t = {c.name: c.median for c in cands}
-            row["native_ms"], row["aten_ms"] = round(t["native"] * 1e3, 4), round(t["aten"] * 1e3, 4)
-            if t["aten"] * ATEN_MARGIN < t["native"]:
+
+            def aten_faster(a=args) -> bool:
+                cands = compare([Candidate("native", lambda: node.target(*a)),
+                                 Candidate("aten", lambda: sub(a[0], residual))], rounds=12, warmup=2, budget_s=0.25)
+                t = {c.name: c.median for c in cands}
+                row["native_ms"], row["aten_ms"] = round(t["native"] * 1e3, 4), round(t["aten"] * 1e3, 4)
+                return t["aten"] * ATEN_MARGIN < t["native"]
+
+            # (twice: a burst of load on a shared machine had moved an EfficientNet expansion to
+            # ATen, whose separate SiLU pass then cost 0.8 ms at batch 8)
+            if aten_faster() and aten_faster():
                 new = aten_subgraph(gm, node, step, node.args[0], None if residual is None else node.args[4], dtype)
                 node.replace_all_uses_with(new)
                 gm.graph.erase_node(node)
