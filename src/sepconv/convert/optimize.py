@@ -21,6 +21,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 from torch.utils import _pytree as pytree
 
 from .. import kernels
@@ -222,8 +223,7 @@ def _plan(model, args, kwargs, dtype, tune) -> tuple[fx.GraphModule, Optimizatio
         if tune and kernels.is_available():
             _choose_backends(gm, dtype)
         if kernels.is_available():
-            _fuse_pointwise_depthwise(gm, tune)
-            _fuse_depthwise_pointwise(gm, tune)
+            _fuse_pairs(gm, tune)
         for node in gm.graph.nodes:   # (the float32 weights were kept for the measured choice only)
             node.meta.pop("step", None)
             node.meta.pop("example", None)
@@ -290,92 +290,86 @@ def _choose_backends(gm: fx.GraphModule, dtype) -> None:
     gm.recompile()
 
 
-# Without timing, a depthwise output of this size or more is fused into the 1x1 convolution
-# after it: it would not stay in the caches (this Xeon, 2 MiB of L2 per core: fused measured
-# 1.1-1.45x on MobileNetV1's 6-13 MB outputs at batch 8, and 0.8-1.05x on 0.2-3 MB ones).
+# Without timing, an intermediate of this size or more is fused away: it would not stay in the
+# caches (this Xeon, 2 MiB of L2 per core: depthwise -> 1x1 fused measured 1.1-1.45x on
+# MobileNetV1's 6-13 MB outputs at batch 8, and 0.8-1.05x on 0.2-3 MB ones).
 FUSE_BYTES = 4 << 20
 
 
-def _fuse_depthwise_pointwise(gm: fx.GraphModule, tune: bool) -> None:
-    """A native depthwise convolution whose output only a native 1x1 convolution reads becomes
-    one dw_gemm call with it (the depthwise output stays in cache), where that measures faster
-    on the layer's input by 5% (with `tune`), or where the output exceeds FUSE_BYTES."""
-    C = kernels.load()
-    pairs = [(n.args[0], n) for n in gm.graph.nodes
-             if n.op == "call_function" and n.target is C.gemm and n.args[5] and len(n.args) == 12
-             and isinstance(n.args[0], fx.Node) and n.args[0].target is C.depthwise_hwc and len(n.args[0].users) == 1]
-    if not pairs:
-        return
-    recorded = _record_args(gm, (C.depthwise_hwc, C.gemm)) if tune else {}
-    # dw_gemm takes depthwise_hwc's arguments, then gemm's but its input and `conv`
-    fuse = lambda d, g: (*d[:9], *g[1:5], *g[6:12])
-    for dw, pw in pairs:
-        row = pw.meta["row"]
-        if tune:
-            dargs, gargs = recorded[dw], recorded[pw]
-            with torch.inference_mode():
-                cands = compare([Candidate("separate", lambda: C.gemm(C.depthwise_hwc(*dargs), *gargs[1:])),
-                                 Candidate("fused", lambda: C.dw_gemm(*fuse(dargs, gargs)))],
-                                rounds=12, warmup=2, budget_s=0.25)
-            t = {c.name: c.median for c in cands}
-            row["separate_ms"], row["fused_ms"] = round(t["separate"] * 1e3, 4), round(t["fused"] * 1e3, 4)
-            if not t["fused"] * 1.05 < t["separate"]:
-                continue
-        else:
-            val = dw.meta.get("val")
-            if val is None or val.numel() * val.element_size() < FUSE_BYTES:
-                continue
-        with gm.graph.inserting_before(pw):
-            fused = gm.graph.call_function(C.dw_gemm, fuse(dw.args, pw.args))
-        fused.meta.update({k: pw.meta[k] for k in ("val", "row", "gemm_k") if k in pw.meta})
-        pw.replace_all_uses_with(fused)
-        gm.graph.erase_node(pw)
-        gm.graph.erase_node(dw)
-        row["became"] += ", fused with the depthwise convolution before it"
-    gm.recompile()
+def _plain_1x1(node, C) -> bool:
+    """A native 1x1 convolution with neither a residual nor a scaled input."""
+    return node.target is C.gemm and node.args[5] and len(node.args) == 12 and node.args[4] is None
 
 
-def _fuse_pointwise_depthwise(gm: fx.GraphModule, tune: bool) -> None:
-    """A native 1x1 convolution whose output only a native depthwise convolution reads (an
-    inverted residual's expansion) becomes one gemm_dw call with it (the expanded tensor
-    stays in cache), where that measures 5% faster on the layer's input (with `tune`), or
-    where the expanded tensor exceeds FUSE_BYTES."""
+def _fusions(C):
+    """(producer, consumer, fused op, its arguments from theirs, what each report row says): a
+    1x1 expansion and the depthwise convolution reading it (gemm_dw: MobileNetV2's and
+    EfficientNet's inverted residuals, whose expanded tensor is 6x the block's input), then a
+    depthwise convolution and the 1x1 convolution reading it (dw_gemm)."""
+    return [(C.gemm, C.depthwise_hwc, C.gemm_dw, lambda g, d: (*g[:4], *g[6:9], *d[1:9]),
+             "the depthwise convolution after it", "the 1x1 convolution before it"),
+            (C.depthwise_hwc, C.gemm, C.dw_gemm, lambda d, g: (*d[:9], *g[1:5], *g[6:12]),
+             "the 1x1 convolution after it", "the depthwise convolution before it")]
+
+
+def _as_program(steps, x):
+    """A callable running `steps` ((op, arguments), each taking the previous output first) on x
+    as a Program, its intermediates in the Program's arena as they are in the model's: timed
+    outside one, every call faulted in fresh pages for them, which made fusing look faster
+    than it is (MobileNetV1 at batch 8: 3.1 ms fused where ONNX Runtime takes 2.5 for the two)."""
+    graph = fx.Graph()
+    value = graph.placeholder("x")
+    for op, args in steps:
+        value = graph.call_function(op, (value, *args[1:]))
+    graph.output(value)
+    graph._codegen = _PyTreeCodeGen(_PyTreeInfo(["x"], pytree.tree_flatten(((x,), {}))[1],
+                                                pytree.tree_flatten(x)[1]))
+    runner, _ = program.build(fx.GraphModule(nn.Module(), graph), (x,), {})
+    return lambda: runner([x])
+
+
+def _fuse_pairs(gm: fx.GraphModule, tune: bool) -> None:
+    """Each producer -> consumer pair of _fusions (the producer's output read by the consumer
+    alone, the 1x1 convolution plain) becomes one fused call, where that measures 5% faster on
+    the layers' input, each form run as a Program (with `tune`), or where the intermediate
+    tensor exceeds FUSE_BYTES."""
     C = kernels.load()
-    pairs = [(n.args[0], n) for n in gm.graph.nodes
-             if n.op == "call_function" and n.target is C.depthwise_hwc and isinstance(n.args[0], fx.Node)
-             and n.args[0].target is C.gemm and len(n.args[0].users) == 1 and n.args[0].args[5]
-             and n.args[0].args[4] is None and len(n.args[0].args) == 12]
-    if not pairs:
-        return
-    recorded = _record_args(gm, (C.depthwise_hwc, C.gemm)) if tune else {}
-    # gemm_dw takes gemm's arguments up to its bias and its first activation, then depthwise_hwc's
-    fuse = lambda g, d: (*g[:4], *g[6:9], *d[1:9])
-    for pw, dw in pairs:
-        row = pw.meta["row"]
-        if tune:
-            gargs, dargs = recorded[pw], recorded[dw]
-            with torch.inference_mode():
-                cands = compare([Candidate("separate", lambda: C.depthwise_hwc(C.gemm(*gargs), *dargs[1:])),
-                                 Candidate("fused", lambda: C.gemm_dw(*fuse(gargs, dargs)))],
-                                rounds=12, warmup=2, budget_s=0.25)
-            t = {c.name: c.median for c in cands}
-            row["separate_ms"], row["fused_ms"] = round(t["separate"] * 1e3, 4), round(t["fused"] * 1e3, 4)
-            if not t["fused"] * 1.05 < t["separate"]:
-                continue
-        else:
-            val = pw.meta.get("val")
-            if val is None or val.numel() * val.element_size() < FUSE_BYTES:
-                continue
-        with gm.graph.inserting_before(dw):
-            fused = gm.graph.call_function(C.gemm_dw, fuse(pw.args, dw.args))
-        fused.meta.update({k: pw.meta[k] for k in ("row", "gemm_k") if k in pw.meta})
-        fused.meta["val"] = dw.meta.get("val")
-        dw.replace_all_uses_with(fused)
-        gm.graph.erase_node(dw)
-        gm.graph.erase_node(pw)
-        row["became"] += ", fused with the depthwise convolution after it"
-        if "row" in dw.meta:
-            dw.meta["row"]["became"] += ", fused with the 1x1 convolution before it"
+    for producer, consumer, fused_op, fuse, note_producer, note_consumer in _fusions(C):
+        pairs = [(n.args[0], n) for n in gm.graph.nodes
+                 if n.op == "call_function" and n.target is consumer and isinstance(n.args[0], fx.Node)
+                 and n.args[0].target is producer and len(n.args[0].users) == 1
+                 and _plain_1x1(n if consumer is C.gemm else n.args[0], C)]
+        if not pairs:
+            continue
+        recorded = _record_args(gm, (producer, consumer)) if tune else {}
+        for first, second in pairs:
+            gemm = second if consumer is C.gemm else first
+            row = gemm.meta["row"]
+            if tune:
+                a, b = recorded[first], recorded[second]
+                with torch.inference_mode():
+                    cands = compare([Candidate("separate", _as_program([(producer, a), (consumer, b)], a[0])),
+                                     Candidate("fused", _as_program([(fused_op, fuse(a, b))], a[0]))],
+                                    rounds=12, warmup=2, budget_s=0.25)
+                t = {c.name: c.median for c in cands}
+                row["separate_ms"], row["fused_ms"] = round(t["separate"] * 1e3, 4), round(t["fused"] * 1e3, 4)
+                if not t["fused"] * 1.05 < t["separate"]:
+                    continue
+            else:
+                val = first.meta.get("val")
+                if val is None or val.numel() * val.element_size() < FUSE_BYTES:
+                    continue
+            with gm.graph.inserting_before(second):
+                fused = gm.graph.call_function(fused_op, fuse(first.args, second.args))
+            fused.meta.update({k: gemm.meta[k] for k in ("row", "gemm_k") if k in gemm.meta})
+            fused.meta["val"] = second.meta.get("val")
+            second.replace_all_uses_with(fused)
+            gm.graph.erase_node(second)
+            gm.graph.erase_node(first)
+            row["became"] += ", fused with " + (note_producer if gemm is first else note_consumer)
+            other = second if gemm is first else first
+            if "row" in other.meta:
+                other.meta["row"]["became"] += ", fused with " + (note_consumer if gemm is first else note_producer)
     gm.recompile()
 
 
