@@ -1,5 +1,5 @@
 # `make demo` and `make test` each create .venv and install into it (torch pinned, CPU build),
-# building the native kernels once (about 3 minutes on 2 cores).
+# building the native kernels once for every instruction set (about 13 minutes on 2 cores, Zen 3).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
