@@ -817,13 +817,16 @@ at::Tensor global_avg_pool(const at::Tensor& x_in, bool keepdim) {
   return keepdim ? y.view({B, C, 1, 1}) : y;
 }
 
-// The depthwise geometry of depthwise_hwc's arguments.
-static Geometry hwc_geometry(const at::Tensor& xl, const at::Tensor& w_hwc, const std::vector<int64_t>& stride,
+// The depthwise geometry of depthwise_hwc's arguments on an input of `sizes` (B, C, H, W).
+static Geometry hwc_geometry(at::IntArrayRef sizes, const at::Tensor& w_hwc, const std::vector<int64_t>& stride,
                              const std::vector<int64_t>& pad, const std::vector<int64_t>& dilation, const char* who) {
-  TORCH_CHECK(w_hwc.dim() == 3 && w_hwc.size(2) == xl.size(1) && w_hwc.scalar_type() == at::kFloat,
+  TORCH_CHECK(sizes.size() == 4, who, ": the input must be (B, C, H, W), got ", sizes);
+  TORCH_CHECK(w_hwc.dim() == 3 && w_hwc.size(2) == sizes[1] && w_hwc.scalar_type() == at::kFloat,
               who, ": weight must be float32 (kh, kw, C)");
-  TORCH_CHECK(pad.size() == 4, who, ": pad is (top, bottom, left, right)");
-  Geometry g = geometry(xl, w_hwc.size(0), w_hwc.size(1), stride, {pad[0], pad[2]}, dilation);
+  TORCH_CHECK(pad.size() == 4 && stride.size() == 2 && dilation.size() == 2, who,
+              ": pad is (top, bottom, left, right), stride and dilation pairs");
+  Geometry g{sizes[0], sizes[2], sizes[3], sizes[1], 0, 0, (int)w_hwc.size(0), (int)w_hwc.size(1), (int)stride[0],
+             (int)stride[1], (int)pad[0], (int)pad[2], (int)dilation[0], (int)dilation[1]};
   g.OH = (g.H + pad[0] + pad[1] - g.dil_h * (g.kh - 1) - 1) / g.sh + 1;
   g.OW = (g.W + pad[2] + pad[3] - g.dil_w * (g.kw - 1) - 1) / g.sw + 1;
   TORCH_CHECK(g.OH > 0 && g.OW > 0, who, ": the output would be empty");
@@ -838,7 +841,7 @@ at::Tensor depthwise_hwc(const at::Tensor& x, const at::Tensor& w_hwc, const c10
                          const std::string& act, double lo, double hi) {
   RECORD_FUNCTION("sepconv::depthwise_hwc", c10::ArrayRef<const c10::IValue>{});
   const at::Tensor xl = x.contiguous(at::MemoryFormat::ChannelsLast);
-  const Geometry g = hwc_geometry(xl, w_hwc, stride, pad, dilation, "sepconv depthwise_hwc");
+  const Geometry g = hwc_geometry(xl.sizes(), w_hwc, stride, pad, dilation, "sepconv depthwise_hwc");
   auto y = new_output({g.N, g.C, g.OH, g.OW}, xl.options().memory_format(at::MemoryFormat::ChannelsLast));
   const auto& ks = kernels();
   run_forward(select_variant(ks.forward, ks.n_forward, g, dtype_of(xl)), xl.data_ptr(), w_hwc.data_ptr<float>(),
@@ -858,7 +861,7 @@ at::Tensor dw_gemm(const at::Tensor& x, const at::Tensor& w_hwc, const c10::opti
                    const std::string& act1, double lo1, double hi1, const std::string& act2, double lo2, double hi2) {
   RECORD_FUNCTION("sepconv::dw_gemm", c10::ArrayRef<const c10::IValue>{});
   const at::Tensor xl = x.contiguous(at::MemoryFormat::ChannelsLast);
-  Geometry g = hwc_geometry(xl, w_hwc, stride, pad, dilation, "sepconv dw_gemm");
+  Geometry g = hwc_geometry(xl.sizes(), w_hwc, stride, pad, dilation, "sepconv dw_gemm");
   g.cached_out = true;
   TORCH_CHECK(xl.scalar_type() == packed.scalar_type(), "sepconv dw_gemm: input dtype ", xl.scalar_type(),
               " differs from the packed weight's ", packed.scalar_type());
@@ -920,21 +923,14 @@ at::Tensor gemm_dw(const at::Tensor& x, const at::Tensor& packed, int64_t N, con
   const at::Tensor xl = x.contiguous(at::MemoryFormat::ChannelsLast);
   TORCH_CHECK(xl.dim() == 4 && xl.scalar_type() == packed.scalar_type(), who, ": x is (B, K, H, W) of the packed "
               "weight's dtype ", packed.scalar_type(), ", got ", xl.sizes(), " ", xl.scalar_type());
-  TORCH_CHECK(w_hwc.dim() == 3 && w_hwc.size(2) == N && w_hwc.scalar_type() == at::kFloat,
-              who, ": the depthwise weight must be float32 (kh, kw, N)");
-  TORCH_CHECK(pad.size() == 4 && stride.size() == 2 && dilation.size() == 2, who,
-              ": pad is (top, bottom, left, right), stride and dilation pairs");
   TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == at::kFloat && bias->numel() >= N),
               who, ": bias must come from gemm_bias");
   const bool bf16 = xl.scalar_type() == at::kBFloat16;
   const auto& ks = kernels();
   TORCH_CHECK(!bf16 || ks.gemm_bf16, who, ": this CPU has no bfloat16 GEMM");
   const int64_t B = xl.size(0), K = xl.size(1), H = xl.size(2), W = xl.size(3), item = xl.element_size();
-  Geometry g{B, H, W, N, 0, 0, (int)w_hwc.size(0), (int)w_hwc.size(1), (int)stride[0], (int)stride[1],
-             (int)pad[0], (int)pad[2], (int)dilation[0], (int)dilation[1]};
-  g.OH = (H + pad[0] + pad[1] - g.dil_h * (g.kh - 1) - 1) / g.sh + 1;
-  g.OW = (W + pad[2] + pad[3] - g.dil_w * (g.kw - 1) - 1) / g.sw + 1;
-  TORCH_CHECK(g.OH > 0 && g.OW > 0, who, ": the output would be empty");
+  // (the depthwise convolution's input is the 1x1's output: N channels)
+  Geometry g = hwc_geometry({B, N, H, W}, w_hwc, stride, pad, dilation, who);
   g.cached_in = true;
   auto y = new_output({B, N, g.OH, g.OW}, xl.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (y.numel() == 0) return y;

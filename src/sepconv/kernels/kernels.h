@@ -101,12 +101,12 @@ struct DirectArgs {
 };
 using DirectFn = void (*)(const DirectArgs& a);
 
-// out[r][k] = a[r][k] * scale[k] for r < rows, k < K, rows lda and ldo elements apart (T: the
-// set's float or bf16, rounded once): a squeeze-excitation's per-channel scale applied to the
-// rows of the 1x1 convolution that reads them (gemm's kscale).
 // y (B, C) = the mean over P pixels of x (B, P, C), in x's dtype (float or bf16), summed in float32.
 using PoolFn = void (*)(const void* x, int64_t B, int64_t P, int64_t C, void* y);
 
+// out[r][k] = a[r][k] * scale[k] for r < rows, k < K, rows lda and ldo elements apart (T: the
+// set's float or bf16, rounded once): a squeeze-excitation's per-channel scale applied to the
+// rows of the 1x1 convolution that reads them (gemm's kscale).
 using ScaleRowsFn = void (*)(const void* a, int64_t lda, int64_t rows, int64_t K, const float* scale, void* out,
                              int64_t ldo);
 
